@@ -1,0 +1,136 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Runs flashcat.flashduty.change_event on the controller, with variables as fallbacks."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible import context
+from ansible.errors import AnsibleError
+from ansible.release import __version__ as ansible_version
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
+    CHANGE_EVENT_MUTUALLY_EXCLUSIVE,
+    ENDPOINT_VARIABLES,
+    MAX_LABELS,
+    FlashdutyError,
+    change_event_argument_spec,
+    environment_endpoint,
+    redact,
+    require_mapping,
+    run_change_event,
+)
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._variables import plain
+
+# Task options that default to a play or inventory variable when the task leaves them out.
+OPTION_VARIABLES = (('change_key', 'flashduty_change_key'), ('title', 'flashduty_change_title'),
+                    ('link', 'flashduty_change_link'))
+
+
+class ActionModule(ActionBase):
+    """Sends the event from the controller: no delegate_to, no module shipped to the host."""
+
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        del tmp
+        task_vars = task_vars or {}
+        try:
+            if not boolean(self._variable(task_vars, 'flashduty_enabled', True), strict=False):
+                result.update(changed=False, skipped=True, msg='flashduty_enabled is false: no change event sent')
+                return result
+            params = self._validated_params(task_vars)
+            fallbacks = [environment_endpoint(os.environ)]
+            if not (params.get('push_url') or params.get('integration_key')):
+                fallbacks.insert(0, dict((name, self._variable(task_vars, variable)) for name, variable in ENDPOINT_VARIABLES))
+            elif params.get('integration_key') and not params.get('api_url'):
+                # A key given to the task still goes to the API URL of the variable, before the environment's.
+                fallbacks.insert(0, {'api_url': self._variable(task_vars, 'flashduty_api_url')})
+        except FlashdutyError as exc:
+            result.update(failed=True, changed=False, msg=exc.message)
+            return result
+        outcome = run_change_event(params, self._task.check_mode, *fallbacks)
+        for warning in outcome.pop('warnings', []):
+            self._display.warning(warning)
+        result.update(outcome)
+        return result
+
+    def _validated_params(self, task_vars):
+        args = dict(self._task.args)
+        for option, variable in OPTION_VARIABLES:
+            if args.get(option) is None:
+                args[option] = self._variable(task_vars, variable)
+        if args.get('labels') is not None:
+            require_mapping(args['labels'])
+        validation = ArgumentSpecValidator(change_event_argument_spec(), mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE).validate(args)
+        if validation.error_messages:
+            raise FlashdutyError(redact('; '.join(validation.error_messages)))
+        params = validation.validated_parameters
+        labels = {}
+        shared_labels = self._variable(task_vars, 'flashduty_labels')
+        if shared_labels is not None:
+            require_mapping(shared_labels, 'flashduty_labels')
+            labels.update(shared_labels)
+        labels.update(params.get('labels') or {})
+        if params['automatic_labels']:
+            play = self._play_facts(task_vars)
+            ci_link = play.pop('ci_link')
+            if params.get('title') is None:
+                params['title'] = _play.change_title(play['play'], play['hosts'])
+            if params.get('link') is None:
+                params['link'] = ci_link
+            if len(labels) <= MAX_LABELS:  # more is the task's error to report, not for automatic labels to hide
+                labels, dropped = _play.cap_labels(_play.automatic_labels(**play), labels)
+                if dropped:
+                    self._display.warning('Flashduty allows %d labels: left out the automatic labels %s' % (MAX_LABELS, ', '.join(dropped)))
+        params['labels'] = labels
+        return params
+
+    def _play_facts(self, task_vars):
+        """What the change_events callback labels a play with, from this task's play and magic variables."""
+        play = self._task.get_play()
+        hosts = list(task_vars.get('ansible_play_hosts_all') or ())
+        targets = set(hosts)
+        memberships = task_vars.get('groups') or {}
+        user, controller = _play.controller_identity()
+        ci = _play.detect_ci(os.environ, task_vars) or {}
+        playbooks = context.CLIARGS.get('args') or ()
+        cli = context.CLIARGS
+        return dict(
+            hosts=hosts,
+            groups=_play.visible_groups(name for name, members in memberships.items() if targets.intersection(members)),
+            play=plain(task_vars.get('ansible_play_name') or play.get_name()),
+            playbook=','.join(_play.playbook_label(path) for path in playbooks) or None,
+            pattern=play.hosts,
+            limit=cli.get('subset') or None,
+            tags=cli.get('tags'),
+            skip_tags=cli.get('skip_tags'),
+            check_mode=bool(self._task.check_mode),
+            controller_user=user,
+            controller_host=controller,
+            ansible_version=ansible_version,
+            ci_labels=ci.get('labels'),
+            ci_link=ci.get('link'),
+        )
+
+    def _variable(self, task_vars, name, default=None):
+        """A variable templated and, when vaulted, decrypted; ``default`` when undefined."""
+        if name not in task_vars:
+            return default
+        try:
+            return plain(self._templar.template(task_vars[name]))
+        except AnsibleError as exc:
+            raise FlashdutyError('%s: could not be templated or decrypted: %s'
+                                 % (name, redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)), field=name)
