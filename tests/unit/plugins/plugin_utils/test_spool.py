@@ -1,0 +1,212 @@
+"""Tests for plugins/plugin_utils/_spool.py: the on-disk spool, on a real directory."""
+# pylint: disable=missing-function-docstring,protected-access
+
+import json
+import os
+import stat
+import threading
+import time
+
+import pytest
+
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _spool
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError, fingerprint
+
+KEY = "5ec2e7" + "0123456789abcdef" * 2
+URL = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + KEY
+OTHER_URL = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "f" * 32
+
+
+def record(index, key="change-1", error=None):
+    event = {"change_status": "Processing" if index % 2 == 0 else "Done", "change_key": key,
+             "title": "event %d" % index, "event_time": 1700000000 + index}
+    return {"event": event, "first_failure": 1700000100.5 + index, "attempts": 4,
+            "last_error": error or "could not reach api.flashcat.cloud: connection refused"}
+
+
+def titles(records):
+    return [r["event"]["title"] for r in records]
+
+
+def all_bytes(path):
+    data = b""
+    for root, _dirs, files in os.walk(path):
+        for name in files + _dirs:
+            data += name.encode() + b"\n"
+        for name in files:
+            with open(os.path.join(root, name), "rb") as handle:
+                data += handle.read()
+    return data
+
+
+def test_write_claim_finish_round_trip(tmp_path):
+    spool = Spool(tmp_path / "a" / "spool")
+    assert spool.pending(URL) == 0  # a missing directory is an empty spool
+    assert spool.write(URL, [record(0), record(1)]) == 0
+    assert spool.write(URL, [record(2)]) == 0
+    assert spool.pending(URL) == 3 and spool.pending(OTHER_URL) == 0 and spool.pending() == 3
+
+    batches, problems = spool.claim(URL)
+    assert problems == []
+    assert [len(b.records) for b in batches] == [2, 1]  # oldest batch first
+    assert titles(batches[0].records + batches[1].records) == ["event 0", "event 1", "event 2"]
+    first = batches[0].records[0]
+    assert first["event"]["event_time"] == 1700000000  # the original time, not the spooling time
+    assert first["attempts"] == 4 and first["first_failure"] == 1700000100.5 and "connection refused" in first["last_error"]
+    assert batches[0].endpoint_url.endswith("?integration_key=****")
+    # Claimed: another run sees nothing, and claiming again yields nothing.
+    assert spool.pending(URL) == 0 and Spool(spool.path).claim(URL) == ([], [])
+    assert spool.total() == 3  # claimed files still count against the bound
+
+    spool.finish(batches[0], URL)
+    spool.finish(batches[1], URL, remaining=batches[1].records)
+    assert spool.total() == 1 and spool.pending(URL) == 1
+    again, _problems = spool.claim(URL)
+    assert titles(again[0].records) == ["event 2"]
+
+
+def test_given_back_records_keep_their_place(tmp_path):
+    spool = Spool(tmp_path)
+    spool.write(URL, [record(0), record(1), record(2)])
+    batches, _problems = spool.claim(URL)
+    spool.write(URL, [record(3)])  # newer, written while the first batch was out
+    spool.finish(batches[0], URL, remaining=batches[0].records[1:])  # event 0 was delivered
+    batches, _problems = spool.claim(URL)
+    assert [titles(b.records) for b in batches] == [["event 1", "event 2"], ["event 3"]]
+
+
+def test_permissions_whatever_the_umask(tmp_path):
+    old = os.umask(0o777)  # the worst umask: files and directories would get no permission at all
+    try:
+        spool = Spool(tmp_path / "deep" / "spool")
+        spool.write(URL, [record(0)])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(spool.path).st_mode) == 0o700
+    names = os.listdir(spool.path)
+    assert len(names) == 1 and not names[0].startswith(".")
+    assert stat.S_IMODE(os.stat(os.path.join(spool.path, names[0])).st_mode) == 0o600
+
+
+def test_loose_directory_is_tightened(tmp_path):
+    path = tmp_path / "spool"
+    path.mkdir(mode=0o755)
+    os.chmod(path, 0o777)
+    Spool(path).write(URL, [record(0)])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+def test_path_that_is_a_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "spool"
+    path.write_text("not a directory")
+    with pytest.raises(SpoolError, match="is not a directory"):
+        Spool(path).write(URL, [record(0)])
+
+
+def test_no_key_and_no_url_in_any_file(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    leaky = "HTTP 500 InternalError: bad key " + KEY + " in " + URL  # a server that echoes the key back
+    spool.write(URL, [record(0, error=leaky), record(1)])
+    batches, _problems = spool.claim(URL)
+    spool.finish(batches[0], URL, remaining=batches[0].records)
+    data = all_bytes(spool.path)
+    assert KEY.encode() not in data and b"integration_key=5ec" not in data
+    assert fingerprint(URL).encode() in data  # the endpoint is known only by its fingerprint
+    document = json.loads(data.split(b"\n", 1)[1])
+    assert document["format"] == "flashcat.flashduty.spool/1"
+    assert set(document) == {"format", "endpoint", "endpoint_url", "spooled_at", "records"}
+    assert set(document["records"][0]) == {"event", "first_failure", "attempts", "last_error"}
+    assert "****" in document["records"][0]["last_error"]
+
+
+def test_bounded_oldest_dropped_first(tmp_path):
+    spool = Spool(tmp_path, max_events=10)
+    assert spool.write(URL, [record(i) for i in range(4)]) == 0
+    assert spool.write(OTHER_URL, [record(i) for i in range(4, 8)]) == 0
+    assert spool.write(URL, [record(i) for i in range(8, 13)]) == 3  # 13 > 10: events 0..2 go
+    assert spool.total() == 10
+    batches, _problems = spool.claim(URL)
+    assert titles([r for b in batches for r in b.records]) == ["event %d" % i for i in (3, 8, 9, 10, 11, 12)]
+    # A batch larger than the bound keeps its newest events.
+    spool2 = Spool(tmp_path / "small", max_events=3)
+    assert spool2.write(URL, [record(i) for i in range(5)]) == 2
+    assert titles(spool2.claim(URL)[0][0].records) == ["event 2", "event 3", "event 4"]
+
+
+def test_two_runs_never_claim_the_same_file(tmp_path):
+    writer = Spool(tmp_path)
+    for i in range(30):
+        writer.write(URL, [record(i)])
+    claimed = []
+    lock = threading.Lock()
+    start = threading.Barrier(6)
+
+    def run():
+        spool = Spool(tmp_path)  # each "run" has its own owner id
+        start.wait()
+        batches, _problems = spool.claim(URL)
+        with lock:
+            claimed.extend(r["event"]["title"] for b in batches for r in b.records)
+
+    threads = [threading.Thread(target=run) for _number in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(claimed) == sorted("event %d" % i for i in range(30))  # each exactly once
+
+
+def test_a_dead_runs_claims_come_back_after_the_lease(tmp_path):
+    Spool(tmp_path).write(URL, [record(0)])
+    crashed = Spool(tmp_path)
+    crashed_batches, _problems = crashed.claim(URL)  # and never finished
+    assert len(crashed_batches) == 1
+    assert Spool(tmp_path).claim(URL) == ([], [])  # within the lease: respected
+    later = Spool(tmp_path, lease=0.5)
+    time.sleep(0.6)
+    assert later.pending(URL) == 1
+    batches, _problems = later.claim(URL)
+    assert titles(batches[0].records) == ["event 0"]
+    assert Spool(tmp_path, lease=0.5).claim(URL) == ([], [])  # the new claim is fresh
+    # The stalled run wakes up: its claim was taken over, so it gives nothing back.
+    crashed.finish(crashed_batches[0], URL, remaining=crashed_batches[0].records)
+    assert later.total() == 1
+    later.finish(batches[0], URL)
+    assert os.listdir(tmp_path) == []
+
+
+def test_renew_keeps_a_claim(tmp_path):
+    spool = Spool(tmp_path)
+    spool.write(URL, [record(0)])
+    batches, _problems = spool.claim(URL)
+    assert spool.renew(batches[0]) and os.path.exists(batches[0].claim_path)
+    os.unlink(batches[0].claim_path)  # taken over by someone else
+    assert not spool.renew(batches[0])
+
+
+def test_unreadable_file_is_set_aside(tmp_path):
+    spool = Spool(tmp_path)
+    spool.write(URL, [record(0)])
+    name = os.listdir(tmp_path)[0]
+    (tmp_path / name).write_text("{not json")
+    spool.write(URL, [record(1)])
+    batches, problems = spool.claim(URL)
+    assert titles([r for b in batches for r in b.records]) == ["event 1"]
+    assert len(problems) == 1 and "unreadable" in problems[0] and name in problems[0]
+    assert (tmp_path / (name + ".corrupt")).exists()
+    assert spool.pending(URL) == 0
+
+
+def test_stale_temporary_files_are_removed(tmp_path):
+    spool = Spool(tmp_path, lease=0.0)
+    stale = tmp_path / ".tmp-1-deadbeef"
+    stale.write_text("half a file")
+    old = time.time() - 10
+    os.utime(stale, (old, old))
+    spool.write(URL, [record(0)])
+    assert not stale.exists()
+
+
+def test_stamps_sort_in_creation_order():
+    stamps = [_spool.new_stamp() for _number in range(1000)]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 1000
