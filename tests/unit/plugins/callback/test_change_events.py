@@ -1,0 +1,419 @@
+"""Unit tests of the change_events callback's bookkeeping, with fake plays, results and sender.
+
+Real playbooks are in tests/functional/test_callback.py; these cover what a real run cannot
+reach cheaply or deterministically: signal deferral, forked workers, internal errors, serial
+batches, the cost of a task result.
+"""
+# pylint: disable=missing-function-docstring,protected-access,too-few-public-methods
+
+import signal
+import time
+
+import pytest
+
+from ansible_collections.flashcat.flashduty.plugins.callback import change_events
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+
+URL_A = "https://flashduty.example.com/event/push/change/standard?integration_key=aaaa1111"
+URL_B = "https://flashduty.example.com/event/push/change/standard?integration_key=bbbb2222"
+
+OPTIONS = dict(enabled=True, status_map=None, per_host=False, changed_only=False, check_mode="skip", label_vars=[], flush_timeout=1.0,
+               max_rate=40.0, spool_dir=None, timeout=10.0, retries=3, validate_certs=True, ca_path=None, push_url=None,
+               integration_key=None, api_url=None)
+
+
+class FakeDisplay:
+    verbosity = 0
+
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, message, *args, **kwargs):
+        self.warnings.append(message)
+
+    def display(self, *args, **kwargs):
+        pass
+
+    vv = vvv = vvvv = display
+
+
+class FakeReport:
+    def __init__(self, spooled=0):
+        self.spooled = spooled
+        self.lost = self.dropped = self.timed_out = 0
+
+    def summary(self):
+        return "Flashduty change events: %d spooled" % self.spooled
+
+
+class FakeSender:
+    def __init__(self):
+        self.calls = []
+        self.messages = []
+
+    def submit(self, push_url, event):
+        self.calls.append(("submit", push_url, event))
+
+    def replay(self, push_url):
+        self.calls.append(("replay", push_url))
+
+    def flush(self, timeout):
+        self.calls.append(("flush", timeout))
+        return FakeReport()
+
+    def drain_messages(self):
+        messages, self.messages = self.messages, []
+        return messages
+
+    def close(self):
+        self.calls.append(("close",))
+
+    def events(self, url=None):
+        return [call[2] for call in self.calls if call[0] == "submit" and (url is None or call[1] == url)]
+
+
+class Named:
+    def __init__(self, name):
+        self.name = name
+
+
+class FakeHost(Named):
+    def __init__(self, name, groups):
+        super().__init__(name)
+        self._groups = [Named(group) for group in groups + ["all"]]
+
+    def get_groups(self):
+        return self._groups
+
+
+class FakePlay:
+    def __init__(self, name="Deploy", hosts="web", uuid="play-1", check_mode=False):
+        self.name = name
+        self.hosts = [hosts]
+        self._uuid = uuid
+        self.check_mode = check_mode
+        self._removed_hosts = []
+
+    def get_name(self):
+        return self.name
+
+
+class FakeVariableManager:
+    extra_vars = {}
+
+
+class FakeReader:
+    """Stands for _play.PlayReader: hosts and per-host-set variables given by the test."""
+
+    hosts = []
+    values = {}        # host name -> variables (the first host of each set is asked)
+    problems = {}      # host name -> [VariableProblem]
+    calls = 0
+
+    def __init__(self, play, names=()):
+        self.play = play
+        self.variable_manager = FakeVariableManager()
+
+    def target_hosts(self, exclude=()):
+        return [host for host in FakeReader.hosts if host.name not in exclude]
+
+    def classes(self, hosts):
+        sets = {}
+        for host in hosts:
+            sets.setdefault(tuple(group.name for group in host.get_groups()), []).append(host)
+        return list(sets.values())
+
+    def variables(self, host, decrypted=None):
+        FakeReader.calls += 1
+        return dict(FakeReader.values.get(host.name, {})), list(FakeReader.problems.get(host.name, []))
+
+
+class Result:
+    def __init__(self, host, changed=False, ignore_unreachable=False):
+        self.host = host
+        self.task = type("Task", (), {"ignore_unreachable": ignore_unreachable})()
+        self._changed = changed
+
+    def is_changed(self):
+        return self._changed
+
+
+@pytest.fixture(autouse=True)
+def fake_reader(monkeypatch):
+    monkeypatch.setattr(_play, "PlayReader", FakeReader)
+    FakeReader.hosts = [FakeHost("web1", ["web", "prod"]), FakeHost("web2", ["web", "prod"]), FakeHost("stg1", ["staging"])]
+    FakeReader.values = {"web1": {"flashduty_push_url": URL_A}, "stg1": {"flashduty_push_url": URL_A}}
+    FakeReader.problems = {}
+    FakeReader.calls = 0
+    monkeypatch.setattr(change_events.CallbackModule, "_install_handlers", lambda self: None)
+
+
+def make(**options):
+    callback = change_events.CallbackModule(display=FakeDisplay())
+    values = dict(OPTIONS, **options)
+    callback.get_option = values.__getitem__
+    callback._read_options()
+    callback._ci = None
+    sender = FakeSender()
+
+    def get_sender():
+        callback._sender = sender
+        return sender
+
+    callback._get_sender = get_sender
+    callback.fake = sender
+    return callback
+
+
+def statuses(sender, url=None):
+    return [(event["change_key"].rsplit("-", 1)[-1], event["change_status"]) for event in sender.events(url)]
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_one_change_for_all_serial_batches():
+    callback = make()
+    batch1, batch2 = FakePlay(), FakePlay()
+    callback.v2_playbook_on_play_start(batch1)
+    callback.v2_runner_on_ok(Result(FakeReader.hosts[0], changed=True))
+    callback.v2_playbook_on_play_start(batch2)  # same _uuid: the next batch
+    callback.v2_runner_on_ok(Result(FakeReader.hosts[1]))
+    callback.v2_playbook_on_stats(None)
+    assert statuses(callback.fake) == [("1", "Processing"), ("1", "Done")]
+    done = callback.fake.events()[-1]
+    assert done["labels"]["changed_count"] == "1" and done["labels"]["ok_count"] == "3"
+    assert FakeReader.calls == 2  # two host sets (web/prod and staging), resolved once for the play
+
+
+def test_rescued_failures_do_not_count_and_later_plays_skip_dead_hosts():
+    callback = make()
+    web1, web2, stg1 = FakeReader.hosts
+    first = FakePlay()
+    callback.v2_playbook_on_play_start(first)
+    first._removed_hosts.append("web2")
+    callback.v2_runner_on_failed(Result(web2))                     # stands: web2 is in the play's removed hosts
+    callback.v2_runner_on_failed(Result(web1))                     # rescued: not in them
+    callback.v2_runner_on_failed(Result(stg1), ignore_errors=True)  # ignored
+    callback.v2_runner_on_unreachable(Result(stg1, ignore_unreachable=True))
+    callback.v2_playbook_on_play_start(FakePlay(name="Next", uuid="play-2"))
+    callback.v2_playbook_on_stats(None)
+    events = callback.fake.events()
+    done = events[1]
+    assert (done["change_status"], done["labels"]["outcome"], done["labels"]["failed_hosts"]) == ("Done", "partially_failed", "web2")
+    assert "rescued=1" in done["description"] and "ignored=2" in done["description"]
+    assert events[2]["labels"]["hosts"] == "web1,stg1"
+
+
+def test_unreachable_everywhere_is_a_failed_outcome_with_mapped_status():
+    callback = make(status_map="failed=Canceled")
+    callback.v2_playbook_on_play_start(FakePlay())
+    for host in FakeReader.hosts:
+        callback.v2_runner_on_unreachable(Result(host))
+    callback.v2_playbook_on_stats(None)
+    done = callback.fake.events()[-1]
+    assert (done["change_status"], done["labels"]["outcome"], done["labels"]["unreachable_hosts"]) == ("Canceled", "failed", "web1,web2,stg1")
+
+
+def test_at_exit_without_stats_cancels_the_open_change_once():
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    callback._at_exit()
+    callback._at_exit()
+    assert statuses(callback.fake) == [("1", "Processing"), ("1", "Canceled")]
+    assert "the run stopped before the play ended" in callback.fake.events()[-1]["description"]
+    assert callback.fake.calls[-2:] == [("flush", 1.0), ("close",)]
+
+
+def test_at_exit_after_stats_sends_nothing_more():
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    callback.v2_playbook_on_stats(None)
+    count = len(callback.fake.events())
+    callback._at_exit()
+    assert len(callback.fake.events()) == count == 2
+
+
+def test_check_mode_is_skipped_or_planned():
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay(check_mode=True))
+    callback.v2_runner_on_ok(Result(FakeReader.hosts[0], changed=True))
+    callback.v2_playbook_on_stats(None)
+    assert callback.fake.events() == [] and callback._sender is None
+
+    callback = make(check_mode="planned")
+    callback.v2_playbook_on_play_start(FakePlay(check_mode=True))
+    callback.v2_runner_on_ok(Result(FakeReader.hosts[0], changed=True))
+    callback.v2_playbook_on_stats(None)
+    (planned,) = callback.fake.events()
+    assert planned["change_status"] == "Planned" and planned["labels"]["check_mode"] == "true"
+
+
+def test_changed_only_holds_processing_with_its_own_time(monkeypatch):
+    clock = iter([1000.0, 1100.0, 1200.0, 1300.0])
+    monkeypatch.setattr(change_events.time, "time", lambda: next(clock))
+    callback = make(changed_only=True)
+    callback.v2_playbook_on_play_start(FakePlay())
+    assert callback.fake.events() == []
+    callback.v2_runner_on_ok(Result(FakeReader.hosts[0], changed=True))
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))  # ends play 1 (changed), starts play 2
+    callback.v2_playbook_on_stats(None)                        # ends play 2 (nothing changed): nothing sent
+    assert [(event["change_status"], event["event_time"]) for event in callback.fake.events()] == [("Processing", 1000), ("Done", 1100)]
+
+
+def test_per_host_mode_keys_and_labels():
+    callback = make(per_host=True)
+    callback.v2_playbook_on_play_start(FakePlay())
+    events = callback.fake.events()
+    assert [event["change_key"].split("-", 2)[2] for event in events] == ["1-web1", "1-web2", "1-stg1"]
+    assert [event["labels"]["host"] for event in events] == ["web1", "web2", "stg1"]
+    assert events[2]["labels"]["groups"] == "staging"
+
+
+def test_each_push_url_gets_its_hosts_and_is_replayed_first():
+    FakeReader.values["stg1"] = {"flashduty_push_url": URL_B, "flashduty_labels": {"env": "staging"}}
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    calls = [call[:2] for call in callback.fake.calls]
+    assert calls == [("replay", URL_A), ("replay", URL_B), ("submit", URL_A), ("submit", URL_B)]
+    assert callback.fake.events(URL_A)[0]["labels"]["hosts"] == "web1,web2"
+    assert callback.fake.events(URL_B)[0]["labels"]["hosts"] == "stg1"
+    assert callback.fake.events(URL_B)[0]["labels"]["env"] == "staging"
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    assert [call for call in callback.fake.calls if call[0] == "replay"] == [("replay", URL_A), ("replay", URL_B)]  # once per URL
+
+
+def test_muted_hosts_and_plays():
+    FakeReader.values["stg1"] = {"flashduty_push_url": URL_A, "flashduty_enabled": False}
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    assert callback.fake.events()[0]["labels"]["hosts"] == "web1,web2"
+    FakeReader.values["web1"]["flashduty_enabled"] = "no"
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    assert len(callback.fake.events()) == 2  # Done of play 1 only
+
+
+def test_variable_problems_warn_once_and_do_not_report():
+    FakeReader.problems = {"web1": [_play.VariableProblem("flashduty_push_url", "Attempting to decrypt but no vault secrets found")],
+                           "stg1": [_play.VariableProblem("flashduty_push_url", "Attempting to decrypt but no vault secrets found")]}
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    callback.v2_playbook_on_stats(None)
+    assert callback.fake.events() == []
+    (warning,) = callback._display.warnings
+    assert "flashduty_push_url" in warning and "vault password" in warning
+
+
+def test_bad_link_is_dropped_with_a_warning_and_label_problems_are_named():
+    FakeReader.values["web1"].update(flashduty_change_link="not a url", flashduty_labels={"ok": 1, "not ok": 2})
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    event = callback.fake.events()[0]
+    assert "link" not in event and event["labels"]["ok"] == "1" and "not ok" not in event["labels"]
+    assert len(callback._display.warnings) == 2
+
+
+def test_internal_errors_become_one_warning_never_an_exception(monkeypatch):
+    callback = make()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(callback, "_open_changes", broken)
+    callback.v2_playbook_on_play_start(FakePlay())
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    callback.v2_runner_on_ok(object())  # not even a result
+    assert len([w for w in callback._display.warnings if "RuntimeError: boom" in w]) == 1
+    assert all("Traceback" not in warning for warning in callback._display.warnings)
+
+
+def test_sender_messages_are_shown_on_the_main_thread():
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    callback.fake.messages.append("Flashduty did not accept the Processing event of change x (request_id: 42)")
+    callback.v2_playbook_on_task_start(object(), False)
+    assert callback._display.warnings == ["Flashduty did not accept the Processing event of change x (request_id: 42)"]
+
+
+def test_disabled_and_bad_status_map():
+    callback = change_events.CallbackModule(display=FakeDisplay())
+    callback.get_option = dict(OPTIONS, enabled=False).__getitem__
+    callback._read_options()
+    assert callback.disabled
+    callback = make(status_map="failed=Sideways")
+    assert callback._status_map["failed"] == "Done"
+    assert len(callback._display.warnings) == 1 and "Sideways" in callback._display.warnings[0]
+
+
+# ---------------------------------------------------------------- signals
+
+
+def test_sigterm_inside_a_callback_method_waits_for_its_end(monkeypatch):
+    callback = make()
+    redelivered = []
+    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
+    callback.v2_playbook_on_play_start(FakePlay())
+    original = callback._close_play
+
+    def close_while_signalled(*args, **kwargs):
+        if not kwargs.get("interrupted"):
+            callback._on_signal(signal.SIGTERM, None)  # arrives while the callback is busy: deferred
+            assert redelivered == []
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(callback, "_close_play", close_while_signalled)
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    assert redelivered == [signal.SIGTERM]
+    assert statuses(callback.fake) == [("1", "Processing"), ("1", "Done"), ("2", "Processing"), ("2", "Canceled")]
+    assert "(SIGTERM)" in callback.fake.events()[-1]["description"]
+    assert callback.fake.calls[-2:] == [("flush", 1.0), ("close",)]
+    callback.v2_playbook_on_stats(None)  # the run may go on briefly: nothing more is sent
+    assert len(callback.fake.events()) == 4
+
+
+def test_a_forked_worker_only_passes_the_signal_on(monkeypatch):
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    redelivered = []
+    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
+    monkeypatch.setattr(change_events.os, "getpid", lambda: -1)
+    callback._on_signal(signal.SIGTERM, None)
+    callback._at_exit()
+    assert redelivered == [signal.SIGTERM]
+    assert statuses(callback.fake) == [("1", "Processing")]
+
+
+def test_sigint_is_noted_and_passed_to_the_previous_handler():
+    callback = make()
+    seen = []
+    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: seen.append(signum)
+    callback._on_signal(signal.SIGINT, None)
+    assert seen == [signal.SIGINT] and callback._interrupted_by == "SIGINT"
+
+
+def test_redeliver_restores_the_previous_handler(monkeypatch):
+    callback = make()
+    installed = []
+    killed = []
+    monkeypatch.setattr(change_events.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
+    monkeypatch.setattr(change_events.os, "kill", lambda pid, signum: killed.append(signum))
+    previous = object()
+    callback._previous_handlers[signal.SIGTERM] = previous
+    callback._redeliver(signal.SIGTERM)
+    assert installed == [(signal.SIGTERM, previous)] and killed == [signal.SIGTERM]
+
+
+# ---------------------------------------------------------------- cost
+
+
+def test_a_task_result_costs_microseconds():
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    results = [Result(host, changed=bool(index % 2)) for index, host in enumerate(FakeReader.hosts * 100)]
+    started = time.perf_counter()
+    for _round in range(100):
+        for result in results:
+            callback.v2_runner_on_ok(result)
+    per_result = (time.perf_counter() - started) / (100 * len(results))
+    assert per_result < 50e-6, per_result  # a host-task costs Ansible itself about 60 ms
