@@ -74,6 +74,13 @@ DEFAULT_CODES = {
 }
 
 
+def closed_port(host="127.0.0.1"):
+    """A loopback port nothing listens on (for connection-refused tests): bound, then released."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 class ReceiverError(Exception):
     """A request the receiver answers with an error envelope."""
 
@@ -638,6 +645,11 @@ class Receiver:  # pylint: disable=too-many-public-methods,too-many-instance-att
         """``http://127.0.0.1:PORT`` (IPv6 hosts in brackets)."""
         host = f"[{self._host}]" if self._family == socket.AF_INET6 else self._host
         return f"http://{host}:{self.port}"
+
+    @property
+    def integration_key(self):
+        """The key this receiver accepts (a secret: tests look for it in output that must not hold it)."""
+        return self._key
 
     @property
     def push_url(self):

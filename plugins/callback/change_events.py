@@ -181,6 +181,10 @@ notes:
   - Ansible tells callbacks when a play starts, not when it ends, so a play's end is sent when the next play starts
     or the run ends. A fatal error between two plays (a bad host pattern, say) thus reports the play before it as
     interrupted.
+  - Spooled events are delivered by the next run that uses the same push URL, before its own events. To deliver
+    them without waiting for one, run the playbook P(flashcat.flashduty.flush_spool#playbook) with this callback
+    enabled; its play sets the variable C(flashduty_replay_only=true), which replays the spool for the play's push
+    URL and reports nothing of its own.
   - Events for the same change are delivered in order. The V(Done) event of the last play is sent when the run
     ends; an endpoint that does not answer delays the end of the run by at most O(flush_timeout).
 seealso:
@@ -451,15 +455,19 @@ class CallbackModule(CallbackBase):
                              tags=list(cli.get('tags') or ()), check_mode=state.check_mode, user=self._user,
                              controller=self._controller, ansible_version=ansible_version, run_id=self._run_id)
         ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
+        # A play of playbooks/flush_spool.yml: deliver what earlier runs spooled, report nothing of its own.
+        replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
         for push_url, parts in endpoints.items():
             if push_url not in self._replayed:
                 self._replayed.add(push_url)
                 self._get_sender().replay(push_url)
-            for warning in url_warnings(push_url):
+            if replay_only:
+                continue
+            for warning in url_warnings(push_url, self._client_options['validate_certs']):
                 self._warn_once(warning)
             self._add_changes(state, push_url, parts, order, ci, cli, now)
-        if state.check_mode:
-            return  # planned: one event, when the play ends
+        if state.check_mode or replay_only:
+            return  # check mode: one Planned event when the play ends; replay only: no event at all
         for change in state.changes:
             event = self._event(change, self._status_map['started'], _play.start_description(state.name, change.hosts, state.context),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)

@@ -177,11 +177,14 @@ def build_push_url(push_url=None, integration_key=None, api_url=None):
         'variable, or the FLASHDUTY_PUSH_URL environment variable', field='push_url')
 
 
-def url_warnings(url):
-    """Warnings about a valid push URL that is still risky to use."""
+def url_warnings(url, validate_certs=True):
+    """Warnings about a valid push URL, and how it is reached, that are still risky."""
     parts = urlsplit(url)
     if parts.scheme == 'http' and parts.hostname not in ('localhost', '::1') and not parts.hostname.startswith('127.'):
         return ['The Flashduty push URL uses plain http to %s: the integration key travels unencrypted; use https.' % parts.hostname]
+    if parts.scheme == 'https' and not validate_certs:
+        return ['validate_certs is false: the TLS certificate of %s is not checked, so the integration key may go to an '
+                'impostor; prefer ca_path with your CA bundle.' % parts.hostname]
     return []
 
 
@@ -671,7 +674,7 @@ def run_change_event(params, check_mode, *fallback_endpoints):
     except FlashdutyError as exc:
         result.update(failed=True, msg=exc.message)
         return result
-    result.update(event=event, warnings=url_warnings(push_url) + warnings)
+    result.update(event=event, warnings=url_warnings(push_url, params.get('validate_certs', True)) + warnings)
     if check_mode:
         result.update(changed=True, msg='check mode: the change event is valid and was not sent')
         return result

@@ -18,10 +18,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from flashduty_receiver import Receiver
+from flashduty_receiver import Receiver, closed_port
 
 HERE = Path(__file__).resolve().parent / "callback"
 VENV_BIN = Path(sys.executable).parent
@@ -40,18 +39,6 @@ def ansible_version():
 
 ANSIBLE_VERSION = ansible_version()
 CONTROLLER = {"controller_user": getpass.getuser(), "controller_host": socket.gethostname(), "ansible_version": ANSIBLE_VERSION}
-
-
-def key_of(receiver):
-    return parse_qs(urlsplit(receiver.push_url).query)["integration_key"][0]
-
-
-def closed_port():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def changes(events):
@@ -166,7 +153,7 @@ GITHUB_LINK = "https://github.example.com/acme/shop/actions/runs/4242"
 def test_two_plays_report_labels_keys_and_statuses(play, receiver, ansible_env, project):
     proc = play("site.yml", ANSIBLE_FORKS="1")  # one fork: host output in a stable order, to compare below
     assert_rc(proc)
-    assert_clean(proc, key_of(receiver))
+    assert_clean(proc, receiver.integration_key)
     assert warnings_in(proc.stdout + proc.stderr) == []
     events = receiver.events
     assert list(statuses(events).values()) == [["Processing", "Done"], ["Processing", "Done"]]  # the muted play sent nothing
@@ -258,7 +245,7 @@ def test_failed_and_unreachable_hosts_at_vvvv(play, receiver, project, cb_env, a
                               check=False)
     assert_rc(proc, baseline.returncode)
     assert baseline.returncode in (2, 4)
-    secret = key_of(receiver)
+    secret = receiver.integration_key
     assert_clean(proc, secret)
     assert secret not in (project / "ansible.log").read_text(encoding="utf-8")
     (first_start, first_end), (second_start, second_end) = changes(receiver.events).values()
@@ -363,7 +350,7 @@ def test_missing_vault_password_warns_once_and_changes_nothing(play, receiver, p
     baseline = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "site.yml"], cwd=project, env=ansible_env,
                               capture_output=True, text=True, check=False)
     assert_rc(proc, baseline.returncode)
-    assert_clean(proc, key_of(receiver))
+    assert_clean(proc, receiver.integration_key)
 
 
 def test_no_push_url_anywhere_warns_once(play, receiver, project):
@@ -387,7 +374,7 @@ def test_ansible_cfg_comes_after_variables_and_environment(play, receiver, proje
                                              "label_vars = app_version, missing_var\n", encoding="utf-8")
         proc = play("site.yml", "--limit", "web1", ANSIBLE_CONFIG=str(project / "ansible.cfg"), FLASHDUTY_LABEL_VARS=None)
         assert_rc(proc)
-        assert_clean(proc, key_of(configured))
+        assert_clean(proc, configured.integration_key)
         events = configured.events
         assert [event["change_key"].rsplit("-", 1)[1] for event in events] == ["web1", "web1"]  # per_host from ansible.cfg
         assert events[0]["labels"]["app_version"] == "1.2.3" and "missing_var" not in events[0]["labels"]
@@ -412,7 +399,7 @@ def test_one_change_per_push_url(play, receiver, project):
             f"---\nflashduty_push_url: '{staging.push_url}'\nflashduty_labels:\n  env: staging\n", encoding="utf-8")
         proc = play("everywhere.yml", "-vvv")
         assert_rc(proc)
-        assert_clean(proc, key_of(receiver), key_of(staging))
+        assert_clean(proc, receiver.integration_key, staging.integration_key)
         (prod_key, prod), = changes(receiver.events).items()
         (staging_key, stage), = changes(staging.events).items()
     assert prod_key == staging_key
@@ -469,7 +456,7 @@ def test_undelivered_events_are_spooled_then_replayed_first(play, receiver, cb_e
     assert any("spooled" in warning for warning in warnings_in(proc.stdout + proc.stderr))
     assert receiver.events == []
     spooled = [path for path in Path(cb_env["FLASHDUTY_SPOOL_DIR"]).rglob("*") if path.is_file()]
-    assert spooled and all(key_of(receiver) not in path.read_text(encoding="utf-8") for path in spooled)
+    assert spooled and all(receiver.integration_key not in path.read_text(encoding="utf-8") for path in spooled)
     receiver.clear_faults()
     proc = play("site.yml", "--limit", "web1")
     assert_rc(proc)
@@ -480,6 +467,25 @@ def test_undelivered_events_are_spooled_then_replayed_first(play, receiver, cb_e
     assert len(first_run) == 2  # both plays of the first run, delivered by the second, with their own times
     assert max(event["event_time"] for key in first_run for event in groups[key]) <= min(
         event["event_time"] for key in groups if key.startswith(runs[1]) for event in groups[key])
+
+
+def test_flush_spool_playbook_delivers_the_spool_and_reports_nothing_else(play, receiver, cb_env):
+    receiver.add_fault("blackhole", times=None)
+    assert_rc(play("site.yml", FLASHDUTY_FLUSH_TIMEOUT="1", FLASHDUTY_RETRIES="0"))
+    assert receiver.events == []
+    receiver.clear_faults()
+    proc = play("flashcat.flashduty.flush_spool")
+    assert_rc(proc)
+    assert_clean(proc, receiver.integration_key)
+    assert list(statuses(receiver.events).values()) == [["Processing", "Done"]] * 2  # the two plays of site.yml, nothing more
+    assert not [path for path in Path(cb_env["FLASHDUTY_SPOOL_DIR"]).rglob("*.json") if path.is_file()]
+
+
+def test_flush_spool_playbook_says_how_to_enable_the_callback(play, receiver, cb_env):
+    proc = play("flashcat.flashduty.flush_spool", ANSIBLE_CALLBACKS_ENABLED=None)
+    assert proc.returncode == 2
+    assert "ANSIBLE_CALLBACKS_ENABLED=flashcat.flashduty.change_events ansible-playbook flashcat.flashduty.flush_spool" in proc.stdout
+    assert receiver.requests == []
 
 
 def test_a_thousand_hosts_caps_and_summarises_labels(play, receiver, project, cb_env):

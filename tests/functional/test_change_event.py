@@ -12,14 +12,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from flashduty_receiver import Receiver
+from flashduty_receiver import Receiver, closed_port
 
 HERE = Path(__file__).resolve().parent / "change_event"
 VENV_BIN = Path(sys.executable).parent
@@ -28,17 +26,6 @@ VAULT_PASSWORD = "correct horse battery staple"
 
 
 # --------------------------------------------------------------------------- helpers
-
-def key_of(receiver):
-    return parse_qs(urlsplit(receiver.push_url).query)["integration_key"][0]
-
-
-def closed_port():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def assert_secret_free(secrets, **texts):
@@ -135,7 +122,7 @@ def test_vaulted_push_url_in_group_vars_no_push_url_no_delegate_to(project, ansi
 
     log = log_file.read_text(encoding="utf-8")
     assert "Tell Flashduty the deploy finished" in log
-    assert_secret_free([key_of(receiver), VAULT_PASSWORD], stdout=proc.stdout, stderr=proc.stderr, log=log, results=json.dumps(results))
+    assert_secret_free([receiver.integration_key, VAULT_PASSWORD], stdout=proc.stdout, stderr=proc.stderr, log=log, results=json.dumps(results))
     assert_no_crash(proc.stdout + proc.stderr + log)
 
 
@@ -154,7 +141,7 @@ def test_check_mode_returns_the_event_and_sends_nothing(project, ansible_env, re
     assert "request_id" not in deploy
     assert results["variables"]["event"]["change_key"] == "CHG-7"
     assert results["muted"].get("skipped") is True
-    assert_secret_free([key_of(receiver)], stdout=proc.stdout, stderr=proc.stderr)
+    assert_secret_free([receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)
 
 
 # --------------------------------------------------------------------------- endpoint sources
@@ -164,8 +151,8 @@ def test_endpoint_sources_and_precedence(project, ansible_env, receiver, run_pla
     env_receiver = Receiver(integration_key="c" * 32, quiet=True).start()
     try:
         extra = {
-            "arg_push_url": receiver.push_url, "arg_key": key_of(receiver), "arg_api_url": receiver.base_url,
-            "var_push_url": var_receiver.push_url, "var_key": key_of(var_receiver), "var_api_url": var_receiver.base_url,
+            "arg_push_url": receiver.push_url, "arg_key": receiver.integration_key, "arg_api_url": receiver.base_url,
+            "var_push_url": var_receiver.push_url, "var_key": var_receiver.integration_key, "var_api_url": var_receiver.base_url,
         }
         extra_file = tmp_path / "endpoints.json"
         extra_file.write_text(json.dumps(extra), encoding="utf-8")
@@ -184,7 +171,7 @@ def test_endpoint_sources_and_precedence(project, ansible_env, receiver, run_pla
         }
         assert [e["change_status"] for e in receiver.events][-2:] == ["Processing", "Done"]
         assert env_receiver.events[0]["change_status"] == "Processing"  # the "status" alias
-        assert_secret_free([key_of(receiver), key_of(var_receiver), key_of(env_receiver)], stdout=proc.stdout, stderr=proc.stderr)
+        assert_secret_free([receiver.integration_key, var_receiver.integration_key, env_receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)
     finally:
         var_receiver.stop()
         env_receiver.stop()
@@ -228,18 +215,18 @@ def bad_run(project, ansible_env, receiver, tmp_path):
         "labels_long_key": {"k" * 200: "v"},
         "labels_bad_key": {"bad-key": "v"},
         "ms_time": 1700000000000,
-        "ftp_push_url": f"ftp://127.0.0.1:{receiver.port}{PUSH}?integration_key={key_of(receiver)}",
+        "ftp_push_url": f"ftp://127.0.0.1:{receiver.port}{PUSH}?integration_key={receiver.integration_key}",
         "keyless_push_url": f"{receiver.base_url}{PUSH}",
         "wrong_key": wrong_key,
         "wrong_key_push_url": f"{receiver.base_url}{PUSH}?integration_key={wrong_key}",
-        "closed_port_push_url": f"http://127.0.0.1:{port}{PUSH}?integration_key={key_of(receiver)}",
+        "closed_port_push_url": f"http://127.0.0.1:{port}{PUSH}?integration_key={receiver.integration_key}",
     }
     extra_file = tmp_path / "bad.json"
     extra_file.write_text(json.dumps(extra), encoding="utf-8")
     return {
         "args": ["-i", project / "inventory" / "hosts.yml", project / "bad_inputs.yml", "-e", f"@{extra_file}"],
         "results_file": results_file,
-        "secrets": [key_of(receiver), wrong_key],
+        "secrets": [receiver.integration_key, wrong_key],
         "port": port,
     }
 
@@ -332,18 +319,18 @@ def test_module_runs_standalone(repo_root, receiver, tmp_path):
                                "labels": {"canary": "true", "replicas": "2"}}
     assert result["changed"] is True and result["request_id"] == record["request_id"] and result["status_code"] == 200
     assert result["event"] == record["event"]
-    assert_secret_free([key_of(receiver)], stdout=proc.stdout, stderr=proc.stderr)
+    assert_secret_free([receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)
 
 
 def test_module_standalone_with_environment_and_check_mode(repo_root, receiver, tmp_path):
-    env = {"FLASHDUTY_INTEGRATION_KEY": key_of(receiver), "FLASHDUTY_API_URL": receiver.base_url}
+    env = {"FLASHDUTY_INTEGRATION_KEY": receiver.integration_key, "FLASHDUTY_API_URL": receiver.base_url}
     proc, result = run_module(repo_root, tmp_path, {"change_key": "k", "status": "Planned", "title": "t", "_ansible_check_mode": True}, env)
     assert proc.returncode == 0 and result["changed"] is True and "check mode" in result["msg"]
     assert receiver.requests == []
     proc, result = run_module(repo_root, tmp_path, {"change_key": "k", "status": "Planned", "title": "t"}, env)
     assert proc.returncode == 0 and result["request_id"] == receiver.records[0]["request_id"]
     assert result["endpoint"] == f"{receiver.base_url}{PUSH}?integration_key=****"
-    assert_secret_free([key_of(receiver)], stdout=proc.stdout, stderr=proc.stderr)
+    assert_secret_free([receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)
 
 
 def test_module_standalone_failure(repo_root, receiver, tmp_path):
@@ -352,4 +339,4 @@ def test_module_standalone_failure(repo_root, receiver, tmp_path):
     assert proc.returncode == 1 and result["failed"] is True
     assert result["msg"].startswith("labels: ") and "at most 128" in result["msg"]
     assert receiver.requests == []
-    assert_secret_free([key_of(receiver)], stdout=proc.stdout, stderr=proc.stderr)
+    assert_secret_free([receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)

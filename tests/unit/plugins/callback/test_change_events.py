@@ -93,6 +93,7 @@ class FakePlay:
         self._uuid = uuid
         self.check_mode = check_mode
         self._removed_hosts = []
+        self.vars = {}
 
     def get_name(self):
         return self.name

@@ -22,7 +22,6 @@ import datetime
 import http.server
 import ipaddress
 import json
-import socket
 import ssl
 import threading
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from flashduty_receiver import closed_port
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils import _flashduty as fd
 
@@ -43,11 +43,6 @@ EVENT = {'change_status': 'Done', 'change_key': 'deploy-42', 'title': 'Deploy ch
 
 def fixture_body(name):
     return (FIXTURES / ('%s.json' % name)).read_bytes()
-
-
-def key_of(receiver):
-    """The integration key a receiver accepts (conftest makes a random one)."""
-    return parse_qs(urlsplit(receiver.push_url).query)['integration_key'][0]
 
 
 def error_of(func, *args, **kwargs):
@@ -72,15 +67,6 @@ class Sleeps(list):
 
     def __call__(self, seconds):
         self.append(seconds)
-
-
-def closed_port():
-    """A loopback port nothing listens on (connections to it are refused)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(('127.0.0.1', 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 # --------------------------------------------------------------------------- scripted server
@@ -487,6 +473,9 @@ def test_url_warnings():
         assert fd.url_warnings('http://%s:8765%s?integration_key=%s' % (host, PUSH, KEY)) == []
     (warning,) = fd.url_warnings('http://flashduty.example.internal%s?integration_key=%s' % (PUSH, KEY))
     assert 'plain http to flashduty.example.internal' in warning and 'use https' in warning and KEY not in warning
+    (warning,) = fd.url_warnings(PUSH_URL, validate_certs=False)
+    assert 'validate_certs is false' in warning and 'api.flashcat.cloud' in warning and KEY not in warning
+    assert fd.url_warnings('http://127.0.0.1:8765%s?integration_key=%s' % (PUSH, KEY), validate_certs=False) == []
 
 
 # --------------------------------------------------------------------------- resolve_push_url
@@ -688,7 +677,7 @@ def test_server_errors_fail_after_the_retries(receiver, status):
     assert exc.message.startswith('Flashduty did not accept the change event at %s%s?integration_key=****' % (receiver.base_url, PUSH))
     assert 'HTTP %d %s: injected fault: status' % (status, 'InternalError') in exc.message
     assert '(request_id: %s) after 3 attempts' % last['request_id'] in exc.message
-    assert key_of(receiver) not in exc.message
+    assert receiver.integration_key not in exc.message
     assert_one_line(exc.message)
 
 
@@ -779,7 +768,7 @@ def test_wrong_key_is_answered_400_and_not_retried(receiver):
     assert (exc.status_code, exc.code, exc.request_id) == (400, 'InvalidParameter', request['request_id'])
     assert 'HTTP 400 InvalidParameter: integration_key is not a valid one (request_id: %s)' % request['request_id'] in exc.message
     assert "push URL matches the integration's push URL exactly" in exc.message
-    assert wrong not in exc.message and key_of(receiver) not in exc.message
+    assert wrong not in exc.message and receiver.integration_key not in exc.message
 
 
 def test_2xx_with_an_error_is_a_failure(receiver):
@@ -844,7 +833,7 @@ def test_non_json_502_from_a_proxy_is_retried(scripted):
 
 
 def test_an_error_echoing_the_key_does_not_leak_it(receiver):
-    key = key_of(receiver)
+    key = receiver.integration_key
     receiver.add_fault('status', times=None, status=400, code='InvalidParameter', message='integration_key %s is not a valid one' % key)
     exc = error_of(client_for(receiver.push_url).send, EVENT)
     assert key not in exc.message, exc.message
@@ -882,7 +871,7 @@ def test_connection_dropped_every_time_fails_after_the_retries(receiver, kind):
     assert exc.retryable and exc.status_code is None and exc.request_id is None
     assert 'at %s%s?integration_key=****: the connection was closed by 127.0.0.1 before an answer' % (receiver.base_url, PUSH) in exc.message
     assert 'after 3 attempts; check that this machine can reach the Flashduty API (egress, proxy, DNS)' in exc.message
-    assert key_of(receiver) not in exc.message
+    assert receiver.integration_key not in exc.message
     assert_one_line(exc.message)
 
 
@@ -1056,7 +1045,7 @@ def test_close_is_idempotent(receiver):
 def test_plain_http_goes_through_http_proxy(receiver, monkeypatch):
     # The receiver plays the proxy: it gets the absolute URL as request target and serves it.
     monkeypatch.setenv('http_proxy', receiver.base_url)
-    url = 'http://flashduty.invalid:9%s?integration_key=%s' % (PUSH, key_of(receiver))
+    url = 'http://flashduty.invalid:9%s?integration_key=%s' % (PUSH, receiver.integration_key)
     delivery = client_for(url, retries=0).send(EVENT)
     assert delivery.attempts == 1 and receiver.events == [EVENT]
 
@@ -1074,7 +1063,7 @@ def test_proxy_gets_absolute_url_and_credentials(scripted, monkeypatch):
 def test_no_proxy_bypasses_the_proxy(receiver, monkeypatch):
     monkeypatch.setenv('http_proxy', receiver.base_url)
     monkeypatch.setenv('no_proxy', '127.0.0.2')
-    url = 'http://127.0.0.2:%d%s?integration_key=%s' % (closed_port(), PUSH, key_of(receiver))
+    url = 'http://127.0.0.2:%d%s?integration_key=%s' % (closed_port(), PUSH, receiver.integration_key)
     exc = error_of(client_for(url, retries=0).send, EVENT)
     assert 'could not reach 127.0.0.2' in exc.message and receiver.requests == []
 
@@ -1158,7 +1147,7 @@ def test_https_to_a_plain_http_port_is_a_transient_failure(receiver):
     url = receiver.push_url.replace('http://', 'https://')
     exc = error_of(client_for(url, retries=1).send, EVENT)
     assert exc.retryable and 'could not reach 127.0.0.1' in exc.message
-    assert key_of(receiver) not in exc.message
+    assert receiver.integration_key not in exc.message
 
 
 # =========================================================================== run_change_event
@@ -1180,7 +1169,7 @@ def test_run_change_event_sends(receiver):
     assert before <= result['event']['event_time'] <= int(time.time())
     assert result['endpoint'] == '%s%s?integration_key=****' % (receiver.base_url, PUSH)
     assert result['warnings'] == []
-    assert key_of(receiver) not in json.dumps(result)
+    assert receiver.integration_key not in json.dumps(result)
 
 
 def test_run_change_event_check_mode_sends_nothing(receiver):

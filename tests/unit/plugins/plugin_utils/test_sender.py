@@ -5,14 +5,13 @@ import collections
 import os
 import secrets
 import signal
-import socket
 import threading
 import time
 import urllib.parse
 import warnings
 
 import pytest
-from flashduty_receiver import PUSH_PATH, Receiver
+from flashduty_receiver import PUSH_PATH, Receiver, closed_port
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import build_event
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender, FlushReport
@@ -31,15 +30,9 @@ def key_of(push_url):
     return urllib.parse.parse_qs(urllib.parse.urlsplit(push_url).query)["integration_key"][0]
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def dead_url(port=None, key=None):
     """A push URL where nothing listens: connections are refused."""
-    return "http://127.0.0.1:%d%s?integration_key=%s" % (port or free_port(), PUSH_PATH, key or secrets.token_hex(16))
+    return "http://127.0.0.1:%d%s?integration_key=%s" % (port or closed_port(), PUSH_PATH, key or secrets.token_hex(16))
 
 
 def spooled(spool, push_url):
@@ -184,7 +177,7 @@ def test_transient_faults_are_retried(make_sender):
             receivers[name] = Receiver(integration_key=secrets.token_hex(16), quiet=True).start()
             receivers[name].add_fault(**fault)
         # Refused: nothing listens on the port yet; a receiver comes up there a little later.
-        refused_port = free_port()
+        refused_port = closed_port()
         refused_key = secrets.token_hex(16)
         sender = make_sender(client_options=dict(FAST, timeout=0.5), concurrency=10)
         for rcv in receivers.values():
@@ -211,7 +204,7 @@ def test_refusals_are_not_retried_and_warn_once_each(receiver, make_sender, spoo
     sender = make_sender(concurrency=1, spool=spool)
     for number in range(4):
         sender.submit(receiver.push_url, event("refused-%d" % number, "Done", number))
-    wrong_key = receiver.push_url.replace(key_of(receiver.push_url), "0" * 32)
+    wrong_key = receiver.push_url.replace(receiver.integration_key, "0" * 32)
     sender.submit(wrong_key, event("wrong-key", "Done", 5))
     report = sender.flush(10)
     assert (report.delivered, report.failed, report.spooled) == (0, 5, 0)
@@ -226,7 +219,7 @@ def test_refusals_are_not_retried_and_warn_once_each(receiver, make_sender, spoo
     assert "integration_key is not a valid one" in messages[4]
     assert "Done event of change wrong-key" in messages[4]
     assert spool.total() == 0 and not os.path.exists(spool.path)
-    assert_no_key(key_of(receiver.push_url), messages, report.summary())
+    assert_no_key(receiver.integration_key, messages, report.summary())
 
 
 def test_refusal_warnings_are_capped_per_endpoint(receiver, make_sender):
@@ -259,7 +252,7 @@ def test_flush_deadline_holds_against_a_black_hole(receiver, make_sender, spool)
     assert messages[0].startswith("6 change events could not be delivered to http://127.0.0.1:")
     assert "?integration_key=****: " in messages[0] and "they are spooled in %s" % spool.path in messages[0]
     assert [e["labels"]["n"] for e in spooled(spool, receiver.push_url)] == [str(n) for n in range(6)]
-    assert_no_key(key_of(receiver.push_url), messages, spool_bytes(spool))
+    assert_no_key(receiver.integration_key, messages, spool_bytes(spool))
 
 
 @pytest.mark.parametrize("fault", [dict(kind="status", status=503, times=None), dict(kind="ratelimit", retry_after=30, times=None)],
@@ -316,7 +309,7 @@ def test_an_endpoint_that_comes_back_gets_everything_in_order(receiver, make_sen
 
 
 def test_spooled_events_go_first_next_run_and_only_once(make_sender, spool):
-    port, key = free_port(), secrets.token_hex(16)
+    port, key = closed_port(), secrets.token_hex(16)
     url = dead_url(port, key)
     other = dead_url(port, secrets.token_hex(16))
     first = make_sender(spool=spool, client_options=dict(FAST, retries=0))
@@ -419,7 +412,7 @@ def test_a_full_spool_drops_the_oldest_with_one_warning(make_sender, tmp_path):
 
 
 def test_the_key_never_leaks(receiver, make_sender, spool):
-    key = key_of(receiver.push_url)
+    key = receiver.integration_key
     # A server that quotes the key back in its errors, refusing and failing.
     receiver.add_fault("status", status=400, message="integration_key %s is not a valid one" % key)
     receiver.add_fault("status", status=500, times=None, message="upstream %s failed for %s" % (key, receiver.push_url))
