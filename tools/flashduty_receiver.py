@@ -998,6 +998,9 @@ def _cut(text, width):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
+TABLE_LABELS_FIRST = ("hosts", "groups", "outcome", "failed_hosts", "unreachable_hosts", "changed_count", "service")
+
+
 def format_table(records, labels_width=80):
     """Render accepted records as an aligned text table (with a count line)."""
     rows = []
@@ -1011,7 +1014,10 @@ def format_table(records, labels_width=80):
         except (TypeError, ValueError, OverflowError, OSError):
             stamp = "?"
         labels = event.get("labels") if isinstance(event.get("labels"), dict) else {}
-        label_text = " ".join(f"{k}={_cut(v, 40)}" for k, v in sorted(labels.items()))
+        # The scope and the outcome first: they tell the story; the rest alphabetically.
+        ordered = sorted(labels.items(), key=lambda item: (TABLE_LABELS_FIRST.index(item[0]) if item[0] in TABLE_LABELS_FIRST
+                                                           else len(TABLE_LABELS_FIRST), item[0]))
+        label_text = " ".join(f"{k}={_cut(v, 40)}" for k, v in ordered)
         rows.append((stamp, str(event.get("change_status", "")), _cut(event.get("change_key", ""), 40),
                      _cut(event.get("title", ""), 60), _cut(label_text, labels_width)))
     header = ("TIME", "STATUS", "CHANGE_KEY", "TITLE", "LABELS")
