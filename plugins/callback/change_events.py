@@ -399,7 +399,7 @@ class CallbackModule(CallbackBase):
         if self._sender is None:
             return
         for message in self._sender.drain_messages():
-            self._display.warning(message)
+            self._display.warning(message if message.startswith('Flashduty') else WARNING_PREFIX + message)
 
     # ---------------------------------------------------------------- playbook and plays
 

@@ -53,6 +53,7 @@ RETRYABLE_STATUS = frozenset((429, 500, 502, 503, 504))
 RETRYABLE_CODES = frozenset(('RequestTooFrequently', 'InternalError'))
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 3
+DEFAULT_TOTAL_TIMEOUT = 30.0
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
 RETRY_AFTER_MAX = 60.0
@@ -682,7 +683,7 @@ def run_change_event(params, check_mode, *fallback_endpoints):
     try:
         client = FlashdutyClient(push_url, timeout=params['timeout'], retries=params['retries'],
                                  validate_certs=params['validate_certs'], ca_path=params['ca_path'])
-        delivery = client.send(event)
+        delivery = client.send(event, deadline=time.monotonic() + params.get('total_timeout', DEFAULT_TOTAL_TIMEOUT))
     except FlashdutyError as exc:
         result.update(failed=True, msg=exc.message, request_id=exc.request_id, status_code=exc.status_code)
         return result
@@ -710,6 +711,7 @@ def change_event_argument_spec():
         api_url=dict(type='str'),
         timeout=dict(type='float', default=DEFAULT_TIMEOUT),
         retries=dict(type='int', default=DEFAULT_RETRIES),
+        total_timeout=dict(type='float', default=DEFAULT_TOTAL_TIMEOUT),
         validate_certs=dict(type='bool', default=True),
         ca_path=dict(type='path'),
     )

@@ -85,6 +85,13 @@ options:
       - Needs the action plugin (the normal case); the module run on its own fails with this option.
     type: bool
     default: false
+  total_timeout:
+    description:
+      - The longest, in seconds, the task spends on the event, retries and waits included. When the next
+        attempt could not finish within it, the task fails with the last error.
+      - A C(Retry-After) longer than what is left ends the retries too.
+    type: float
+    default: 30
 extends_documentation_fragment:
   - flashcat.flashduty.connection
   - ansible.builtin.action_common_attributes

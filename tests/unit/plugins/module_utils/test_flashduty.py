@@ -1172,6 +1172,15 @@ def test_run_change_event_sends(receiver):
     assert receiver.integration_key not in json.dumps(result)
 
 
+def test_run_change_event_gives_up_at_total_timeout(receiver):
+    receiver.add_fault('blackhole', times=None)
+    started = time.monotonic()
+    result = fd.run_change_event(params(push_url=receiver.push_url, timeout=10.0, retries=5, total_timeout=1.0), False)
+    assert time.monotonic() - started < 2.5
+    assert result['failed'] is True and 'no answer from 127.0.0.1' in result['msg']
+    assert receiver.integration_key not in json.dumps(result)
+
+
 def test_run_change_event_check_mode_sends_nothing(receiver):
     result = fd.run_change_event(params(push_url=receiver.push_url, event_time=1700000000), True)
     assert result['changed'] is True and 'check mode' in result['msg']
