@@ -182,7 +182,7 @@ notes:
     or the run ends. A fatal error between two plays (a bad host pattern, say) thus reports the play before it as
     interrupted.
   - Spooled events are delivered by the next run that uses the same push URL, before its own events. To deliver
-    them without waiting for one, run the playbook P(flashcat.flashduty.flush_spool#playbook) with this callback
+    them without waiting for one, run the playbook C(flashcat.flashduty.flush_spool) with this callback
     enabled; its play sets the variable C(flashduty_replay_only=true), which replays the spool for the play's push
     URL and reports nothing of its own.
   - Events for the same change are delivered in order. The V(Done) event of the last play is sent when the run
