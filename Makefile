@@ -34,6 +34,12 @@ VENV_OLDEST := .venv/oldest
 VENV_NEWEST := .venv/newest
 STAMP_OLDEST := $(VENV_OLDEST)/.installed
 STAMP_NEWEST := $(VENV_NEWEST)/.installed
+# The benchmark's venv (bench/requirements.txt: the `ansible` package, which carries the peers).
+VENV_BENCH := .venv/bench
+STAMP_BENCH := $(VENV_BENCH)/.installed
+# `BENCH_QUICK=1 make bench` runs the ~3 min subset; BENCH_ARGS is passed on, e.g. BENCH_ARGS='--only splunk'.
+BENCH_QUICK ?= 0
+BENCH_ARGS ?=
 BIN := $(VENV_NEWEST)/bin
 
 BUILD := .build
@@ -66,6 +72,8 @@ help:
 	@echo '  changelog-lint  antsibull-changelog lint'
 	@echo '  build           ansible-galaxy collection build into $(DIST)'
 	@echo '  build-check     build, then check what the tarball contains'
+	@echo '  bench           benchmark: the change_events callback vs off vs the peers (~14 min; BENCH_QUICK=1: ~3 min),'
+	@echo '                  tables in .build/bench/results.md (see bench/README.md, docs/performance.md)'
 	@echo '  collections-link  (re)create $(COLLECTION_LINK) -> repo root'
 	@echo '  clean           remove $(BUILD)'
 	@echo '  distclean       remove $(BUILD) and .venv'
@@ -200,6 +208,23 @@ build-check: build
 	@for f in MANIFEST.json FILES.json README.md meta/runtime.yml; do \
 	  grep -qx "$$f" $(BUILD)/tarball-contents.txt || { echo "tarball lacks $$f" >&2; exit 1; }; done
 	@echo "tarball OK: $$(wc -l < $(BUILD)/tarball-contents.txt) entries"
+
+# ------------------------------------------------------------------- bench
+# Not part of `make test`: it measures, it does not check (bench/README.md).
+$(STAMP_BENCH): bench/requirements.txt
+	@echo "==> [$$(date +%T)] creating $(VENV_BENCH) from $<"
+	@test -x '$(PYTHON_NEWEST)' || { echo 'missing $(PYTHON_NEWEST) (set PYTHON_NEWEST=...)' >&2; exit 1; }
+	rm -rf $(VENV_BENCH)
+	'$(PYTHON_NEWEST)' -m venv $(VENV_BENCH)
+	$(VENV_BENCH)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+.PHONY: bench venv-bench
+venv-bench: $(STAMP_BENCH)
+
+bench: $(STAMP_BENCH) collections-link
+	@echo "==> [$$(date +%T)] benchmark ($(if $(filter 1,$(BENCH_QUICK)),quick subset,full set); .venv/bench)"
+	$(VENV_BENCH)/bin/python bench/run.py $(if $(filter 1,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
 
 # --------------------------------------------------------------------- demo
 .PHONY: demo

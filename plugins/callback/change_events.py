@@ -251,6 +251,9 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import CHANGED, FAILED, IGNORED, OK, RESCUED, SKIPPED, UNREACHABLE
 
 WARNING_PREFIX = 'Flashduty change events: '
+# Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
+# the end of a run with a dead endpoint stays within flush_timeout in all.
+FLUSH_RESERVE = 0.25
 _ENDPOINT_NAMES = frozenset(variable for dummy, variable in ENDPOINT_VARIABLES)
 
 
@@ -683,7 +686,7 @@ class CallbackModule(CallbackBase):
     def _flush(self):
         if self._sender is None:
             return
-        report = self._sender.flush(self._flush_timeout)
+        report = self._sender.flush(max(0.0, self._flush_timeout - FLUSH_RESERVE))
         # What went wrong is in the sender's own warnings (one per endpoint and problem).
         self._show_messages()
         self._display.vv(report.summary())

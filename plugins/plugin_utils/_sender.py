@@ -258,6 +258,7 @@ class EventSender:
         self._deadline = None
         self._abort = False
         self._closed = False
+        self._stop = threading.Event()      # set with _abort or _closed: wakes threads sleeping for a token
         self._inert = False
         self._stats = collections.Counter()
 
@@ -324,6 +325,7 @@ class EventSender:
         """Stop the threads without waiting; what is still queued is neither sent nor spooled."""
         with self._lock:
             self._closed = True
+            self._stop.set()
             transports = [worker.transport for worker in self._workers if worker.transport is not None]
             self._changed.notify_all()
         for transport in transports:
@@ -345,6 +347,8 @@ class EventSender:
             with self._lock:
                 self._deadline = None
                 self._abort = False
+                if not self._closed:
+                    self._stop.clear()
                 self._changed.notify_all()
             self._flush_lock.release()
         return self._report(started, pending, timed_out)
@@ -678,22 +682,25 @@ class EventSender:
         self._take_token()
 
     def _take_token(self):
-        """Wait for the shared token bucket (GCRA) to allow one more request."""
+        """Reserve the next request slot of the shared token bucket (GCRA), then sleep until it comes.
+
+        Each thread reserves its own slot and sleeps on an event only an abort or close sets: no
+        thread wakes up for another's request (every wake-up of every waiting thread on each change
+        cost more CPU than the request itself when many events are queued).
+        """
         if self._interval is None:
             return
         with self._lock:
-            while True:
-                if self._abort or self._closed:
-                    raise _Interrupted('interrupted')
-                now = time.monotonic()
-                slot = max(self._tat, now)
-                start = slot - self._tolerance
-                if start <= now:
-                    self._tat = slot + self._interval
-                    return
-                if self._deadline is not None and start > self._deadline:
-                    raise _Interrupted('the rate limit left no time before the flush deadline', late=True)
-                self._changed.wait(start - now)
+            if self._abort or self._closed:
+                raise _Interrupted('interrupted')
+            now = time.monotonic()
+            slot = max(self._tat, now)
+            start = slot - self._tolerance
+            if self._deadline is not None and start > self._deadline:
+                raise _Interrupted('the rate limit left no time before the flush deadline', late=True)
+            self._tat = slot + self._interval
+        if start > now and self._stop.wait(start - now):
+            raise _Interrupted('interrupted')
 
     # ---- internals: flush -------------------------------------------------
 
@@ -725,6 +732,7 @@ class EventSender:
             timed_out = self._busy(deadline)
             if timed_out:
                 self._abort = True
+                self._stop.set()
                 self._changed.notify_all()
             transports = [worker.transport for worker in self._workers if worker.transport is not None]
         if timed_out:

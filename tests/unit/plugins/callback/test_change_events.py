@@ -223,7 +223,7 @@ def test_at_exit_without_stats_cancels_the_open_change_once():
     callback._at_exit()
     assert statuses(callback.fake) == [("1", "Processing"), ("1", "Canceled")]
     assert "the run stopped before the play ended" in callback.fake.events()[-1]["description"]
-    assert callback.fake.calls[-2:] == [("flush", 1.0), ("close",)]
+    assert callback.fake.calls[-2:] == [("flush", 1.0 - change_events.FLUSH_RESERVE), ("close",)]
 
 
 def test_at_exit_after_stats_sends_nothing_more():
@@ -368,7 +368,7 @@ def test_sigterm_inside_a_callback_method_waits_for_its_end(monkeypatch):
     assert redelivered == [signal.SIGTERM]
     assert statuses(callback.fake) == [("1", "Processing"), ("1", "Done"), ("2", "Processing"), ("2", "Canceled")]
     assert "(SIGTERM)" in callback.fake.events()[-1]["description"]
-    assert callback.fake.calls[-2:] == [("flush", 1.0), ("close",)]
+    assert callback.fake.calls[-2:] == [("flush", 1.0 - change_events.FLUSH_RESERVE), ("close",)]
     callback.v2_playbook_on_stats(None)  # the run may go on briefly: nothing more is sent
     assert len(callback.fake.events()) == 4
 
