@@ -53,10 +53,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from flashduty_receiver import PUSH_PATH, Receiver, closed_port  # noqa: E402  (tools/ is not a package)
+from collection_link import COLLECTIONS_DIR, ensure_collection_link  # noqa: E402  (tools/ is not a package)
+from flashduty_receiver import PUSH_PATH, Receiver, closed_port  # noqa: E402
 
-COLLECTIONS_DIR = ROOT / ".build" / "collections"
-COLLECTION_LINK = COLLECTIONS_DIR / "ansible_collections" / "flashcat" / "flashduty"
 DEFAULT_WORKDIR = ROOT / ".build" / "faults"
 CALLBACK = "flashcat.flashduty.change_events"
 VAULT_PASSWORD = "fault matrix vault password"
@@ -167,18 +166,6 @@ CASES_BY_ID = {case.id: case for case in CASES}
 
 
 # --------------------------------------------------------------------------- set-up
-
-def ensure_collection_link():
-    """``.build/collections/ansible_collections/flashcat/flashduty`` -> the repo root (as the Makefile and tests make it)."""
-    target = os.path.join("..", "..", "..", "..")
-    if COLLECTION_LINK.is_symlink() and os.readlink(COLLECTION_LINK) == target:
-        return
-    COLLECTION_LINK.parent.mkdir(parents=True, exist_ok=True)
-    tmp = COLLECTION_LINK.with_name(f".flashduty.{os.getpid()}")
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, COLLECTION_LINK)
 
 
 def venv_bin():

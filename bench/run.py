@@ -41,12 +41,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "bench"
 BUILD = ROOT / ".build" / "bench"
-COLLECTIONS = ROOT / ".build" / "collections"
-COLLECTION_LINK = COLLECTIONS / "ansible_collections" / "flashcat" / "flashduty"
 INSTRUMENT = BENCH_DIR / "_instrument.py"
 
 sys.path.insert(0, str(ROOT / "tools"))
-from flashduty_receiver import Receiver  # noqa: E402  (tools/ is not a package)
+from collection_link import ensure_collection_link  # noqa: E402  (tools/ is not a package)
+from collection_link import COLLECTIONS_DIR as COLLECTIONS  # noqa: E402
+from flashduty_receiver import Receiver  # noqa: E402
 
 OURS = "flashcat.flashduty.change_events"
 GRAFANA = "community.grafana.grafana_annotations"
@@ -344,18 +344,6 @@ def cases():
 
 
 # --------------------------------------------------------------------------- running
-
-def ensure_collection_link():
-    """``.build/collections/ansible_collections/flashcat/flashduty`` -> the repo root (as tests/conftest.py)."""
-    target = os.path.join("..", "..", "..", "..")
-    if COLLECTION_LINK.is_symlink() and os.readlink(COLLECTION_LINK) == target:
-        return
-    COLLECTION_LINK.parent.mkdir(parents=True, exist_ok=True)
-    tmp = COLLECTION_LINK.with_name(f".flashduty.{os.getpid()}")
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, COLLECTION_LINK)
 
 
 def base_environment(collections=COLLECTIONS):

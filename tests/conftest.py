@@ -21,31 +21,16 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-COLLECTIONS_DIR = REPO_ROOT / ".build" / "collections"
-COLLECTION_LINK = COLLECTIONS_DIR / "ansible_collections" / "flashcat" / "flashduty"
-TOOLS_DIR = REPO_ROOT / "tools"
+TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
+sys.path.insert(0, str(TOOLS_DIR))
+from collection_link import COLLECTIONS_DIR, REPO_ROOT, ensure_collection_link  # noqa: E402  (tools/ is not a package)
+
 # The venv running pytest: ansible-playbook and friends sit next to its python.
 VENV_BIN = Path(sys.executable).parent
 
-
-def _ensure_collection_link():
-    """Make COLLECTION_LINK a relative symlink to the repo root (the Makefile makes the same)."""
-    target = os.path.join("..", "..", "..", "..")
-    if COLLECTION_LINK.is_symlink() and os.readlink(COLLECTION_LINK) == target:
-        return
-    COLLECTION_LINK.parent.mkdir(parents=True, exist_ok=True)
-    tmp = COLLECTION_LINK.with_name(f".flashduty.{os.getpid()}")
-    if tmp.is_symlink():
-        tmp.unlink()
-    os.symlink(target, tmp)
-    os.replace(tmp, COLLECTION_LINK)  # atomic, also when a concurrent run made it first
-
-
-_ensure_collection_link()
-for _path in (str(COLLECTIONS_DIR), str(TOOLS_DIR)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+ensure_collection_link()
+if str(COLLECTIONS_DIR) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS_DIR))
 os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(COLLECTIONS_DIR)
 for _name in [n for n in os.environ if n.startswith("FLASHDUTY_")]:
     del os.environ[_name]
