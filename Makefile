@@ -84,22 +84,21 @@ venv: venv-oldest venv-newest
 venv-oldest: $(STAMP_OLDEST)
 venv-newest: $(STAMP_NEWEST)
 
-# A venv is rebuilt from scratch whenever its requirements file changes.
-$(STAMP_OLDEST): requirements/oldest.txt
-	@echo "==> [$$(date +%T)] creating $(VENV_OLDEST) from $<"
-	@test -x '$(PYTHON_OLDEST)' || { echo 'missing $(PYTHON_OLDEST) (set PYTHON_OLDEST=...)' >&2; exit 1; }
-	rm -rf $(VENV_OLDEST)
-	'$(PYTHON_OLDEST)' -m venv $(VENV_OLDEST)
-	$(VENV_OLDEST)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
-	touch $@
-
-$(STAMP_NEWEST): requirements/newest.txt
-	@echo "==> [$$(date +%T)] creating $(VENV_NEWEST) from $<"
-	@test -x '$(PYTHON_NEWEST)' || { echo 'missing $(PYTHON_NEWEST) (set PYTHON_NEWEST=...)' >&2; exit 1; }
-	rm -rf $(VENV_NEWEST)
-	'$(PYTHON_NEWEST)' -m venv $(VENV_NEWEST)
-	$(VENV_NEWEST)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
-	touch $@
+# $(call venv-rule,VENV,PYTHON_VARIABLE,REQUIREMENTS): the rule for VENV/.installed, which (re)creates VENV
+# with the interpreter named by PYTHON_VARIABLE from scratch whenever its requirements file changes.
+define venv-rule
+$(1)/.installed: $(3)
+	@echo "==> [$$$$(date +%T)] creating $(1) from $$<"
+	@test -x '$$($(2))' || { echo 'missing $$($(2)) (set $(2)=...)' >&2; exit 1; }
+	rm -rf $(1)
+	'$$($(2))' -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --disable-pip-version-check -r $$<
+	touch $$@
+endef
+$(eval $(call venv-rule,$(VENV_OLDEST),PYTHON_OLDEST,requirements/oldest.txt))
+$(eval $(call venv-rule,$(VENV_NEWEST),PYTHON_NEWEST,requirements/newest.txt))
+# The benchmark's venv (`make bench`), on the newest interpreter.
+$(eval $(call venv-rule,$(VENV_BENCH),PYTHON_NEWEST,bench/requirements.txt))
 
 # The collection must be importable as ansible_collections.flashcat.flashduty:
 # a relative symlink to the repo root (tests/conftest.py makes the same one).
@@ -211,14 +210,6 @@ build-check: build
 
 # ------------------------------------------------------------------- bench
 # Not part of `make test`: it measures, it does not check (bench/README.md).
-$(STAMP_BENCH): bench/requirements.txt
-	@echo "==> [$$(date +%T)] creating $(VENV_BENCH) from $<"
-	@test -x '$(PYTHON_NEWEST)' || { echo 'missing $(PYTHON_NEWEST) (set PYTHON_NEWEST=...)' >&2; exit 1; }
-	rm -rf $(VENV_BENCH)
-	'$(PYTHON_NEWEST)' -m venv $(VENV_BENCH)
-	$(VENV_BENCH)/bin/python -m pip install --quiet --disable-pip-version-check -r $<
-	touch $@
-
 .PHONY: bench venv-bench
 venv-bench: $(STAMP_BENCH)
 

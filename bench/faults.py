@@ -53,7 +53,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
-from collection_link import COLLECTIONS_DIR, ensure_collection_link  # noqa: E402  (tools/ is not a package)
+from collection_link import ansible_environment, ensure_collection_link  # noqa: E402  (tools/ is not a package)
 from flashduty_receiver import PUSH_PATH, Receiver, closed_port  # noqa: E402
 
 DEFAULT_WORKDIR = ROOT / ".build" / "faults"
@@ -66,9 +66,6 @@ EVENTS_PER_RUN = 2 * PLAYS  # Processing + Done per play
 DEFAULT_TRANSIENT = 3       # failures before a transient fault clears: the default retries (3) still recover
 DEFAULT_FLUSH_TIMEOUT = 5.0  # the callback's default, which these runs keep
 RUN_TIMEOUT = 180.0
-# What the callback reads to detect a CI system: a run from CI must look like a run from a laptop.
-CI_PREFIXES = ("ANSIBLE_", "FLASHDUTY_", "GITHUB_", "GITLAB_", "CI_", "JENKINS_", "BUILD_", "JOB_", "GIT_", "AWX_", "TOWER_")
-CI_NAMES = frozenset(("CI", "BRANCH_NAME", "PROJECT_REVISION"))
 SUMMARY_RE = re.compile(r"Flashduty change events: (?P<counts>[^;\n]*); flush (?P<flush>[\d.]+) s(?:, timed out with (?P<pending>\d+) pending)?")
 RECAP_RE = re.compile(r"^(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}) .*\| PLAY RECAP", re.MULTILINE)
 COUNT_RE = re.compile(r"(\d+) (delivered|refused|spooled|dropped from the full spool|lost)")
@@ -173,25 +170,6 @@ def venv_bin():
     return Path(sys.executable).parent
 
 
-def base_env(home):
-    """A clean environment for ansible-* commands: nothing inherited from ANSIBLE_*, FLASHDUTY_* or CI variables."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith(CI_PREFIXES) and name not in CI_NAMES}
-    home = Path(home)
-    home.mkdir(parents=True, exist_ok=True)
-    env.update(
-        PATH=os.pathsep.join([str(venv_bin()), env.get("PATH", os.defpath)]),
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_DIR),
-        ANSIBLE_HOME=str(home),
-        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
-        ANSIBLE_REMOTE_TEMP=str(home / "remote_tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_HOST_KEY_CHECKING="False",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-    )
-    return env
-
-
 def make_project(directory, push_url):
     """Write the inventory, the two playbooks, ansible.cfg and the vaulted push URL; return the project path."""
     project = Path(directory)
@@ -205,7 +183,7 @@ def make_project(directory, push_url):
     password = project / "vault-password"
     password.write_text(VAULT_PASSWORD + "\n", encoding="utf-8")
     password.chmod(0o600)
-    env = base_env(project / ".ansible")
+    env = ansible_environment(project / ".ansible")
     env["ANSIBLE_CONFIG"] = str(project / "ansible.cfg")
     # The URL goes through stdin, never the command line (ps would show it).
     proc = subprocess.run([str(venv_bin() / "ansible-vault"), "encrypt_string", "--vault-password-file", str(password),
@@ -304,7 +282,7 @@ def run_playbook(project, playbook, out_dir, name, callback=True, spool=None, ti
     log_path = out_dir / f"{name}.log"
     if log_path.exists():
         log_path.unlink()
-    env = base_env(out_dir / "ansible_home")
+    env = ansible_environment(out_dir / "ansible_home")
     env.update(ANSIBLE_CONFIG=str(Path(project) / "ansible.cfg"), ANSIBLE_LOG_PATH=str(log_path))
     if callback:
         env["ANSIBLE_CALLBACKS_ENABLED"] = CALLBACK  # absent, not empty, when off: empty crashes ansible-core 2.19+
@@ -665,7 +643,7 @@ def details(results):
 def machine(home):
     """The machine and versions, for the report."""
     version = subprocess.run([str(venv_bin() / "ansible-playbook"), "--version"], capture_output=True, text=True, check=False,
-                             env=base_env(home)).stdout.splitlines()
+                             env=ansible_environment(home)).stdout.splitlines()
     cpu = ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:

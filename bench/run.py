@@ -44,7 +44,7 @@ BUILD = ROOT / ".build" / "bench"
 INSTRUMENT = BENCH_DIR / "_instrument.py"
 
 sys.path.insert(0, str(ROOT / "tools"))
-from collection_link import ensure_collection_link  # noqa: E402  (tools/ is not a package)
+from collection_link import ansible_environment, ensure_collection_link  # noqa: E402  (tools/ is not a package)
 from collection_link import COLLECTIONS_DIR as COLLECTIONS  # noqa: E402
 from flashduty_receiver import Receiver  # noqa: E402
 
@@ -347,21 +347,9 @@ def cases():
 
 
 def base_environment(collections=COLLECTIONS):
-    drop = ("ANSIBLE_", "FLASHDUTY_", "GRAFANA_", "SPLUNK_")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(drop)}
-    home = BUILD / "ansible_home"
-    env.update(
-        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)]),
-        ANSIBLE_HOME=str(home),
-        ANSIBLE_LOCAL_TEMP=str(home / "tmp"),
-        ANSIBLE_REMOTE_TEMP=str(home / "remote_tmp"),
-        ANSIBLE_COLLECTIONS_PATH=str(collections),
-        ANSIBLE_FORKS=str(FORKS),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_HOST_KEY_CHECKING="False",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-    )
+    """The clean ansible-* environment (tools/collection_link.py), without the peers' own GRAFANA_*/SPLUNK_* settings."""
+    env = ansible_environment(BUILD / "ansible_home", collections, drop_prefixes=("GRAFANA_", "SPLUNK_"))
+    env["ANSIBLE_FORKS"] = str(FORKS)
     return env
 
 

@@ -23,7 +23,7 @@ import pytest
 
 TOOLS_DIR = Path(__file__).resolve().parent.parent / "tools"
 sys.path.insert(0, str(TOOLS_DIR))
-from collection_link import COLLECTIONS_DIR, REPO_ROOT, ensure_collection_link  # noqa: E402  (tools/ is not a package)
+from collection_link import COLLECTIONS_DIR, REPO_ROOT, ansible_environment, ensure_collection_link  # noqa: E402  (tools/ is not a package)
 
 # The venv running pytest: ansible-playbook and friends sit next to its python.
 VENV_BIN = Path(sys.executable).parent
@@ -42,42 +42,15 @@ def repo_root():
     return REPO_ROOT
 
 
-# What the callback reads to detect a CI system (plugins/plugin_utils/_play.py, detect_ci).
-CI_VARIABLES = frozenset((
-    "GITHUB_ACTIONS", "GITHUB_RUN_ID", "GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ATTEMPT", "GITHUB_WORKFLOW",
-    "GITHUB_REF", "GITHUB_REF_NAME", "GITHUB_SHA", "GITHUB_ACTOR", "GITLAB_CI", "CI_JOB_URL", "CI_JOB_ID", "CI_JOB_NAME",
-    "CI_PROJECT_PATH", "CI_COMMIT_REF_NAME", "CI_COMMIT_SHA", "GITLAB_USER_LOGIN", "JENKINS_URL", "BUILD_URL", "BUILD_NUMBER",
-    "JOB_NAME", "GIT_BRANCH", "BRANCH_NAME", "GIT_COMMIT", "BUILD_USER_ID", "JOB_ID", "AWX_HOST", "TOWER_HOST", "PROJECT_REVISION",
-))
-
-
 @pytest.fixture
 def ansible_env(tmp_path):
-    """Environment for running ansible-* commands in a subprocess.
-
-    Inherited ``ANSIBLE_*`` and ``FLASHDUTY_*`` variables, and those by which the callback
-    detects a CI system (a test run in GitHub Actions must see the same labels), are dropped, then: PATH has the
-    venv's bin first, the collection comes from ``.build/collections``, no colour, no host
-    key checking, no retry files, and ANSIBLE_HOME and the local/remote temp dirs live
-    under this test's ``tmp_path``. ``ANSIBLE_CALLBACKS_ENABLED`` is deliberately absent
-    (an empty value crashes ansible-core 2.19+): set it in the test that needs it.
+    """Environment for running ansible-* commands in a subprocess: ``ansible_environment`` of
+    tools/collection_link.py (nothing inherited from ``ANSIBLE_*``, ``FLASHDUTY_*`` or the CI variables
+    the callback reads, so a test run in GitHub Actions sees the same labels; ``ANSIBLE_CALLBACKS_ENABLED``
+    absent: set it in the test that needs it), with ANSIBLE_HOME under this test's ``tmp_path``.
     Tests may change the returned dict freely (it is a new one per test).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "FLASHDUTY_")) and k not in CI_VARIABLES}
-    ansible_home = tmp_path / "ansible_home"
-    ansible_home.mkdir(exist_ok=True)
-    env.update(
-        PATH=os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)]),
-        ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_DIR),
-        ANSIBLE_HOME=str(ansible_home),
-        ANSIBLE_LOCAL_TEMP=str(ansible_home / "tmp"),
-        ANSIBLE_REMOTE_TEMP=str(ansible_home / "remote_tmp"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_HOST_KEY_CHECKING="False",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-    )
-    return env
+    return ansible_environment(tmp_path / "ansible_home")
 
 
 @pytest.fixture
