@@ -22,6 +22,7 @@ import datetime
 import http.server
 import ipaddress
 import json
+import socket
 import ssl
 import threading
 import time
@@ -649,6 +650,8 @@ def test_request_format(scripted):
     assert headers['content-type'] == 'application/json; charset=utf-8'
     assert headers['accept'] == 'application/json'
     assert headers['user-agent'].startswith('flashcat.flashduty')
+    assert headers['host'] == '127.0.0.1:%d' % scripted.port
+    assert int(headers['content-length']) == len(request['body'])
     assert json.loads(request['body'].decode('utf-8')) == dict(EVENT, title='Déploiement')
     assert 'Déploiement'.encode('utf-8') in request['body']  # UTF-8, not \u escapes
 
@@ -1040,6 +1043,162 @@ def test_close_is_idempotent(receiver):
     client.close()
 
 
+# --------------------------------------------------------------------------- answers as bytes
+
+class RawServer:
+    """A loopback server that answers each request with the next of ``answers`` (bytes), as it is.
+
+    Reads a request's head and its Content-Length body, records the raw bytes in ``requests``
+    and the client's source port in ``ports``, writes the answer, and closes the connection
+    when the answer is the last of the script or ``close_after`` says so.
+    """
+
+    def __init__(self, answers, close_after=()):
+        self.answers = list(answers)
+        self.close_after = set(close_after)
+        self.requests = []
+        self.ports = []
+        self.listener = socket.create_server(('127.0.0.1', 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self):
+        return 'http://127.0.0.1:%d%s?integration_key=%s' % (self.port, PUSH, KEY)
+
+    def _serve(self):
+        index = 0
+        while index < len(self.answers):
+            try:
+                connection, address = self.listener.accept()
+            except OSError:
+                return
+            reader = connection.makefile('rb')
+            with connection, reader:  # both: the socket stays open while its file does
+                while index < len(self.answers):
+                    head = b''
+                    while not head.endswith(b'\r\n\r\n'):
+                        line = reader.readline()
+                        if not line:
+                            break
+                        head += line
+                    if not head:
+                        break
+                    length = int(head.lower().split(b'content-length:')[1].split(b'\r\n')[0])
+                    self.requests.append(head + reader.read(length))
+                    self.ports.append(address[1])
+                    connection.sendall(self.answers[index])
+                    index += 1
+                    if index in self.close_after or index == len(self.answers):
+                        break
+
+    def stop(self):
+        self.listener.close()
+
+
+def accepted(**headers):
+    """A Flashduty success answer with Content-Length, as bytes."""
+    body = fixture_body('accepted')
+    lines = ['HTTP/1.1 200 OK', 'Content-Type: application/json', 'Content-Length: %d' % len(body)]
+    lines += ['%s: %s' % item for item in headers.items()]
+    return ('\r\n'.join(lines) + '\r\n\r\n').encode('ascii') + body
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(answers, close_after=()):
+        server = RawServer(answers, close_after)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_request_bytes(raw_server):
+    server = raw_server([accepted()])
+    client_for(server.url()).send(EVENT)
+    head, body = server.requests[0].split(b'\r\n\r\n', 1)
+    lines = head.decode('ascii').split('\r\n')
+    assert lines[0] == 'POST %s?integration_key=%s HTTP/1.1' % (PUSH, KEY)
+    assert 'Host: 127.0.0.1:%d' % server.port in lines and 'Content-Length: %d' % len(body) in lines
+    assert json.loads(body.decode('utf-8')) == EVENT
+
+
+def test_chunked_answer(raw_server):
+    body = fixture_body('accepted')
+    answer = (b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n'
+              b'%x;ext=1\r\n%s\r\n%x\r\n%s\r\n0\r\nX-Trailer: yes\r\n\r\n' % (5, body[:5], len(body) - 5, body[5:]))
+    server = raw_server([answer, accepted()])
+    client = client_for(server.url(), retries=0)
+    try:
+        first = client.send(EVENT)
+        second = client.send(EVENT)
+    finally:
+        client.close()
+    assert first.request_id == json.loads(body.decode('utf-8'))['request_id'] and second.attempts == 1
+    assert server.ports[0] == server.ports[1]  # the chunked answer was read to its end: the connection stays usable
+
+
+def test_interim_answers_are_skipped(raw_server):
+    server = raw_server([b'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n' + accepted()])
+    assert client_for(server.url(), retries=0).send(EVENT).status_code == 200
+
+
+def test_http_1_0_answer_read_to_the_close(raw_server):
+    body = fixture_body('accepted')
+    server = raw_server([b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n' + body, accepted()], close_after=[1])
+    client = client_for(server.url(), retries=0)
+    try:
+        assert client.send(EVENT).request_id == json.loads(body.decode('utf-8'))['request_id']
+        assert client.send(EVENT).attempts == 1
+    finally:
+        client.close()
+    assert len(set(server.ports)) == 2
+
+
+@pytest.mark.parametrize('answer, fragment', [
+    (b'SSH-2.0-OpenSSH_9.2\r\n', 'not an HTTP/1.x status line'),
+    (b'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n', 'a header line without a colon'),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n', 'Content-Length is not a number'),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"request_id"', 'closed in the middle of the answer'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'a chunk size that is not a number'),
+    (b'HTTP/1.1 200 OK\r\n' + b'X: y\r\n' * 101 + b'\r\n', 'more than 100 header lines'),
+])
+def test_what_is_not_http_is_a_transient_failure(raw_server, answer, fragment):
+    server = raw_server([answer, answer])
+    exc = error_of(client_for(server.url(), retries=1).send, EVENT)
+    assert exc.retryable and len(server.requests) == 2
+    assert '127.0.0.1 did not answer in HTTP: ' in exc.message and fragment in exc.message, exc.message
+    assert KEY not in exc.message
+
+
+def test_an_answer_over_the_size_limit_is_cut_and_its_connection_closed(raw_server, monkeypatch):
+    monkeypatch.setattr(fd, 'MAX_ANSWER_BYTES', 1000)
+    page = b'<html>' + b'x' * 5000 + b'</html>'
+    server = raw_server([b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s' % (len(page), page), accepted()], close_after=[1])
+    client = client_for(server.url(), retries=0)
+    try:
+        exc = error_of(client.send, EVENT)
+        assert 'InvalidResponse' in exc.message and not exc.retryable
+        assert client.send(EVENT).attempts == 1
+    finally:
+        client.close()
+    assert len(set(server.ports)) == 2
+
+
+def test_status_and_headers_of_an_error_answer(raw_server):
+    body = fixture_body('request_too_frequently')
+    server = raw_server([b'HTTP/1.1 429 Too Many Requests\r\nretry-AFTER: 7\r\nContent-Length: %d\r\n\r\n%s' % (len(body), body),
+                         accepted()])
+    sleeps = Sleeps()
+    client_for(server.url(), sleeps, retries=1).send(EVENT)
+    assert sleeps == [7.0]  # Retry-After, whatever the case of its name
+
+
 # --------------------------------------------------------------------------- proxy
 
 def test_plain_http_goes_through_http_proxy(receiver, monkeypatch):
@@ -1141,6 +1300,70 @@ def test_unreadable_ca_path(tmp_path):
     missing = tmp_path / 'missing.pem'
     exc = error_of(fd.FlashdutyClient, PUSH_URL, ca_path=str(missing))
     assert exc.field == 'ca_path' and str(missing) in exc.message
+
+
+class TunnelProxy:
+    """A CONNECT proxy on loopback: records each CONNECT head, then relays bytes both ways."""
+
+    def __init__(self):
+        self.heads = []
+        self.listener = socket.create_server(('127.0.0.1', 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                client, _address = self.listener.accept()
+            except OSError:
+                return
+            head = b''
+            while not head.endswith(b'\r\n\r\n'):
+                head += client.recv(1)
+            self.heads.append(head.decode('ascii'))
+            host, port = head.split()[1].decode('ascii').rsplit(':', 1)
+            upstream = socket.create_connection((host, int(port)))
+            client.sendall(b'HTTP/1.1 200 Connection established\r\n\r\n')
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _relay(source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.listener.close()
+
+
+def test_https_goes_through_the_proxy_tunnel_with_credentials(tls_server, monkeypatch):
+    proxy = TunnelProxy()
+    try:
+        monkeypatch.setenv('https_proxy', 'http://user:secret@127.0.0.1:%d' % proxy.port)
+        client = client_for(tls_server.url(), ca_path=str(tls_server.cert_file), retries=0)
+        try:
+            client.send(EVENT)
+            client.send(EVENT)
+        finally:
+            client.close()
+    finally:
+        proxy.stop()
+    (head,) = proxy.heads  # one tunnel, kept alive for both requests
+    assert head.startswith('CONNECT 127.0.0.1:%d HTTP/1.' % tls_server.port)  # 1.0 from Python 3.11's http.client
+    assert 'Proxy-Authorization: Basic dXNlcjpzZWNyZXQ=' in head  # base64 of user:secret
+    assert len(tls_server.seen) == 2 and 'proxy-authorization' not in str(tls_server.seen[0]['headers']).lower()
 
 
 def test_https_to_a_plain_http_port_is_a_transient_failure(receiver):
