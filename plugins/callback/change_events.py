@@ -227,6 +227,7 @@ flashduty_labels:
 
 import atexit
 import functools
+import operator
 import os
 import signal
 import threading
@@ -235,6 +236,7 @@ import uuid
 
 from ansible import context
 from ansible.errors import AnsibleError
+from ansible.executor.task_result import TaskResult
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
@@ -249,6 +251,19 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import CHANGED, FAILED, IGNORED, OK, RESCUED, SKIPPED, UNREACHABLE
+
+# What one task result adds to its host's counters.
+_OK = (OK,)
+_OK_CHANGED = (OK, CHANGED)
+_SKIPPED = (SKIPPED,)
+_IGNORED = (OK, IGNORED)
+_IGNORED_CHANGED = (OK, IGNORED, CHANGED)
+_RESCUED = (RESCUED,)
+_FAILED = (FAILED,)
+_UNREACHABLE = (UNREACHABLE,)
+
+# The host of a task result: its public ``host`` on ansible-core 2.19+, where ``_host`` is deprecated.
+_host_name = operator.attrgetter('host.name' if isinstance(getattr(TaskResult, 'host', None), property) else '_host.name')
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -302,7 +317,8 @@ class _Change:
 class _PlayState:
     """What the callback tracks about the current play."""
 
-    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'counters', 'failed', 'unreachable', 'batches', 'context')
+    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'counters', 'failed', 'unreachable', 'batches',
+                 'context')
 
     def __init__(self, play, index, check_mode):
         self.uuid = play._uuid
@@ -310,6 +326,7 @@ class _PlayState:
         self.name = None
         self.check_mode = check_mode
         self.changes = []
+        self.outcomes = []     # (host name, counter indexes to add) per task result, until _tally()
         self.counters = {}
         self.failed = set()
         self.unreachable = set()
@@ -329,11 +346,13 @@ class CallbackModule(CallbackBase):
         self._busy = 0
         self._deferred_signal = None
         self._play = None
+        self._outcomes = None  # the current play's outcomes list while its results are counted
         self._play_index = 0
         self._playbook = None
         self._dead_hosts = set()
         self._warned = set()
         self._sender = None
+        self._reported_counts = None
         self._replayed = set()
         self._decrypted = {}
         self._run_id = '%s-%s' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime()), uuid.uuid4().hex[:6])
@@ -469,6 +488,8 @@ class CallbackModule(CallbackBase):
             for warning in url_warnings(push_url, self._client_options['validate_certs']):
                 self._warn_once(warning)
             self._add_changes(state, push_url, parts, order, ci, cli, now)
+        if state.changes:
+            self._outcomes = state.outcomes
         if state.check_mode or replay_only:
             return  # check mode: one Planned event when the play ends; replay only: no event at all
         for change in state.changes:
@@ -565,77 +586,84 @@ class CallbackModule(CallbackBase):
         return labels
 
     # ---------------------------------------------------------------- task results (keep these tiny)
-
-    def _counters(self, result):
-        state = self._play
-        if state is None or not state.changes:
-            return None
-        host = getattr(result, 'host', None) or result._host
-        counters = state.counters.get(host.name)
-        if counters is None:
-            counters = state.counters[host.name] = _play.new_counters()
-        return counters
+    #
+    # They run once per host and task on the strategy's thread: each appends (host name, counters to add)
+    # to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
+    # _tally() adds them up once per task.
 
     def v2_runner_on_ok(self, result, **kwargs):
-        try:
-            counters = self._counters(result)
-            if counters is not None:
-                counters[OK] += 1
-                if result.is_changed():
-                    counters[CHANGED] += 1
-        except Exception as exc:
-            self._internal_error('v2_runner_on_ok', exc)
+        outcomes = self._outcomes
+        if outcomes is not None:
+            try:
+                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK))
+            except Exception as exc:
+                self._internal_error('v2_runner_on_ok', exc)
+
+    def v2_runner_on_skipped(self, result, **kwargs):
+        outcomes = self._outcomes
+        if outcomes is not None:
+            try:
+                outcomes.append((_host_name(result), _SKIPPED))
+            except Exception as exc:
+                self._internal_error('v2_runner_on_skipped', exc)
 
     def v2_runner_on_failed(self, result, ignore_errors=False, **kwargs):
+        outcomes = self._outcomes
+        if outcomes is None:
+            return
         try:
-            counters = self._counters(result)
-            if counters is not None:
-                if ignore_errors:
-                    counters[OK] += 1
-                    counters[IGNORED] += 1
-                    if result.is_changed():
-                        counters[CHANGED] += 1
-                else:
-                    state = self._play
-                    name = (getattr(result, 'host', None) or result._host).name
-                    # The strategy has already taken a failure a block rescues out of the play's removed hosts.
-                    removed = getattr(state.batches[-1], '_removed_hosts', None)
-                    if isinstance(removed, list) and name not in removed:
-                        counters[RESCUED] += 1
-                    else:
-                        counters[FAILED] += 1
-                        state.failed.add(name)
+            name = _host_name(result)
+            if ignore_errors:
+                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED))
+                return
+            state = self._play
+            # The strategy has already taken a failure a block rescues out of the play's removed hosts.
+            removed = getattr(state.batches[-1], '_removed_hosts', None)
+            if isinstance(removed, list) and name not in removed:
+                outcomes.append((name, _RESCUED))
+            else:
+                outcomes.append((name, _FAILED))
+                state.failed.add(name)
         except Exception as exc:
             self._internal_error('v2_runner_on_failed', exc)
 
     def v2_runner_on_unreachable(self, result, **kwargs):
+        outcomes = self._outcomes
+        if outcomes is None:
+            return
         try:
-            counters = self._counters(result)
-            if counters is not None:
-                task = getattr(result, 'task', None) or result._task
-                if getattr(task, 'ignore_unreachable', False):
-                    counters[OK] += 1
-                    counters[IGNORED] += 1
-                else:
-                    counters[UNREACHABLE] += 1
-                    self._play.unreachable.add((getattr(result, 'host', None) or result._host).name)
+            name = _host_name(result)
+            task = getattr(result, 'task', None) or result._task
+            if getattr(task, 'ignore_unreachable', False):
+                outcomes.append((name, _IGNORED))
+            else:
+                outcomes.append((name, _UNREACHABLE))
+                self._play.unreachable.add(name)
         except Exception as exc:
             self._internal_error('v2_runner_on_unreachable', exc)
 
-    def v2_runner_on_skipped(self, result, **kwargs):
-        try:
-            counters = self._counters(result)
-            if counters is not None:
-                counters[SKIPPED] += 1
-        except Exception as exc:
-            self._internal_error('v2_runner_on_skipped', exc)
+    def _tally(self):
+        """Add the outcomes gathered since the last call to the play's per-host counters."""
+        state = self._play
+        if state is None or not state.outcomes:
+            return
+        counters = state.counters
+        for name, increments in state.outcomes:
+            host = counters.get(name)
+            if host is None:
+                host = counters[name] = _play.new_counters()
+            for index in increments:
+                host[index] += 1
+        del state.outcomes[:]
 
     @_guarded
     def v2_playbook_on_task_start(self, task, is_conditional):
+        self._tally()
         self._show_messages()
 
     @_guarded
     def v2_playbook_on_handler_task_start(self, task):
+        self._tally()
         self._show_messages()
 
     # ---------------------------------------------------------------- the end of plays and of the run
@@ -649,7 +677,9 @@ class CallbackModule(CallbackBase):
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
+        self._tally()
         state, self._play = self._play, None
+        self._outcomes = None
         if state is None or not state.changes:
             return
         now = time.time()
@@ -689,18 +719,25 @@ class CallbackModule(CallbackBase):
         report = self._sender.flush(max(0.0, self._flush_timeout - FLUSH_RESERVE))
         # What went wrong is in the sender's own warnings (one per endpoint and problem).
         self._show_messages()
-        self._display.vv(report.summary())
+        # Its counts are the run's so far: the flush at exit, after the one at the end of the playbook, repeats them only
+        # if something happened in between.
+        counts = (report.delivered, report.failed, report.spooled, report.dropped, report.lost)
+        if report.timed_out or counts != self._reported_counts:
+            self._display.vv(report.summary())
+        self._reported_counts = counts
 
     def _finish(self, reason):
         """Close what is open as interrupted, deliver within the flush timeout, stop the threads."""
         if self._finished:
             return
         self._finished = True
-        if self._config_ok:
-            self._close_play(interrupted=reason)
-            self._flush()
-        if self._sender is not None:
-            self._sender.close()
+        try:
+            if self._config_ok:
+                self._close_play(interrupted=reason)
+                self._flush()
+        finally:
+            if self._sender is not None:  # the threads stop even after an internal error above
+                self._sender.close()
 
     def _at_exit(self):
         if os.getpid() != self._pid:

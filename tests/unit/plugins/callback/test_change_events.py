@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.flashcat.flashduty.plugins.callback import change_events
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import FlushReport
 
 URL_A = "https://flashduty.example.com/event/push/change/standard?integration_key=aaaa1111"
 URL_B = "https://flashduty.example.com/event/push/change/standard?integration_key=bbbb2222"
@@ -37,15 +38,6 @@ class FakeDisplay:
     vv = vvv = vvvv = display
 
 
-class FakeReport:
-    def __init__(self, spooled=0):
-        self.spooled = spooled
-        self.lost = self.dropped = self.timed_out = 0
-
-    def summary(self):
-        return "Flashduty change events: %d spooled" % self.spooled
-
-
 class FakeSender:
     def __init__(self):
         self.calls = []
@@ -59,7 +51,7 @@ class FakeSender:
 
     def flush(self, timeout):
         self.calls.append(("flush", timeout))
-        return FakeReport()
+        return FlushReport()
 
     def drain_messages(self):
         messages, self.messages = self.messages, []
@@ -130,8 +122,10 @@ class FakeReader:
 
 
 class Result:
+    """A task result as callbacks get it: ``_host`` on every ansible-core, ``host`` too from 2.19 on."""
+
     def __init__(self, host, changed=False, ignore_unreachable=False):
-        self.host = host
+        self.host = self._host = host
         self.task = type("Task", (), {"ignore_unreachable": ignore_unreachable})()
         self._changed = changed
 
