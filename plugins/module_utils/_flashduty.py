@@ -456,7 +456,7 @@ def _read_answer(reader):
         return status, headers, body, will_close or not complete
     length = headers.get('content-length')
     if length is not None:
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             raise _BadAnswer('Content-Length is not a number')
         length = int(length)
         body = reader.read(min(length, MAX_ANSWER_BYTES))
@@ -472,10 +472,9 @@ def _read_chunks(reader):
     size = 0
     while True:
         line = _read_line(reader).split(b';', 1)[0].strip()
-        try:
-            length = int(line, 16)
-        except ValueError:
-            raise _BadAnswer('a chunk size that is not a number')
+        if not line or line.strip(b'0123456789abcdefABCDEF'):  # int() would also take a sign, 0x and underscores
+            raise _BadAnswer('a chunk size that is not a hexadecimal number')
+        length = int(line, 16)
         if length == 0:
             while _read_line(reader) not in (b'\r\n', b'\n', b''):  # trailers
                 pass

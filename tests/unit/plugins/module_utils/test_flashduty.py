@@ -1165,7 +1165,9 @@ def test_http_1_0_answer_read_to_the_close(raw_server):
     (b'HTTP/1.1 200 OK\r\nno colon here\r\n\r\n', 'a header line without a colon'),
     (b'HTTP/1.1 200 OK\r\nContent-Length: ten\r\n\r\n', 'Content-Length is not a number'),
     (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"request_id"', 'closed in the middle of the answer'),
-    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'a chunk size that is not a number'),
+    (b'HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n', 'Content-Length is not a number'),  # superscript two
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'a chunk size that is not a hexadecimal number'),
+    (b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n', 'a chunk size that is not a hexadecimal number'),
     (b'HTTP/1.1 200 OK\r\n' + b'X: y\r\n' * 101 + b'\r\n', 'more than 100 header lines'),
 ])
 def test_what_is_not_http_is_a_transient_failure(raw_server, answer, fragment):
