@@ -138,6 +138,9 @@ def _split_url(url, field):
         raise FlashdutyError('%s: must not be empty' % field, field=field)
     if any(ch.isspace() for ch in url):
         raise FlashdutyError('%s: must not contain spaces or other white space (got %s)' % (field, _shown_url(url)), field=field)
+    if not url.isascii():
+        raise FlashdutyError('%s: must be ASCII: percent-encode other characters, and write an international host name in '
+                             'its xn-- form (got %s)' % (field, _shown_url(url)), field=field)
     parts = urlsplit(url)
     if parts.scheme not in ('http', 'https') or '://' not in url:
         raise FlashdutyError(

@@ -391,6 +391,8 @@ def test_push_url_wins_over_integration_key():
     ('https:api.flashcat.cloud%s?integration_key=%s' % (PUSH, KEY), 'must be an https:// URL'),
     ('https://%s?integration_key=%s' % (PUSH, KEY), 'has no host name'),
     ('https://api.flashcat.cloud:99999%s?integration_key=%s' % (PUSH, KEY), 'has an invalid port'),
+    ('https://api.flashcat.cloud%s?integration_key=%s\u20ac' % (PUSH, KEY), 'must be ASCII: percent-encode'),
+    ('https://fl\u00e4shduty.example%s?integration_key=%s' % (PUSH, KEY), 'its xn-- form'),
     ('https://api.flashcat.cloud%s' % PUSH, 'must carry the integration key as ?integration_key=...'),
     ('https://api.flashcat.cloud%s?integration_key=' % PUSH, 'must carry the integration key'),
     ('https://api.flashcat.cloud%s?integration_key=%%20' % PUSH, 'must carry the integration key'),
