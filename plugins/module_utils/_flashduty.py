@@ -462,10 +462,11 @@ def _read_answer(reader):
         if not (length.isascii() and length.isdigit()):
             raise _BadAnswer('Content-Length is not a number')
         length = int(length)
-        body = reader.read(min(length, MAX_ANSWER_BYTES))
-        if len(body) < min(length, MAX_ANSWER_BYTES):
+        kept = min(length, MAX_ANSWER_BYTES)
+        body = reader.read(kept)
+        if len(body) < kept:
             raise _BadAnswer('the connection was closed in the middle of the answer')
-        return status, headers, body, will_close or length > MAX_ANSWER_BYTES
+        return status, headers, body, will_close or length > kept
     return status, headers, reader.read(MAX_ANSWER_BYTES), True
 
 
