@@ -43,11 +43,11 @@ class FakeSender:
         self.calls = []
         self.messages = []
 
-    def submit(self, push_url, event):
-        self.calls.append(("submit", push_url, event))
+    def submit(self, endpoint, event):
+        self.calls.append(("submit", endpoint.url, event))
 
-    def replay(self, push_url):
-        self.calls.append(("replay", push_url))
+    def replay(self, endpoint):
+        self.calls.append(("replay", endpoint.url))
 
     def flush(self, timeout):
         self.calls.append(("flush", timeout))
