@@ -33,7 +33,7 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     require_mapping,
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._variables import plain
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_vars import plain
 
 # Task options that default to a play or inventory variable when the task leaves them out.
 OPTION_VARIABLES = (('change_key', 'flashduty_change_key'), ('title', 'flashduty_change_title'),

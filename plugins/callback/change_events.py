@@ -250,7 +250,7 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     resolve_endpoint,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play, _play_vars
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import CHANGED, FAILED, IGNORED, OK, RESCUED, SKIPPED, UNREACHABLE
 
 # What one task result adds to its host's counters.
@@ -412,9 +412,9 @@ class CallbackModule(CallbackBase):
         if isinstance(exc, FlashdutyError):
             text = exc.message
         elif isinstance(exc, AnsibleError):
-            text = redact(_play._first_line(exc))
+            text = redact(_play_vars.first_line(exc))
         else:
-            text = redact('%s: %s' % (type(exc).__name__, _play._first_line(exc)))
+            text = redact('%s: %s' % (type(exc).__name__, _play_vars.first_line(exc)))
         self._warn_once('%s failed, reporting may be incomplete: %s' % (where, text), key=('internal', where, text))
 
     def _show_messages(self):
@@ -454,7 +454,7 @@ class CallbackModule(CallbackBase):
     def _open_changes(self, play, state):
         now = time.time()  # when the play started, whatever the time spent below or the delivery takes
         started = time.monotonic()
-        reader = _play.PlayReader(play, names=_play.PLAY_VARIABLES + tuple(self._label_vars))
+        reader = _play_vars.PlayReader(play, names=_play_vars.PLAY_VARIABLES + tuple(self._label_vars))
         hosts = reader.target_hosts(exclude=self._dead_hosts)
         if not hosts:
             return
