@@ -24,11 +24,11 @@ from ansible.errors import AnsibleError
 from ansible.template import Templar
 from ansible.vars.plugins import get_vars_from_inventory_sources, get_vars_from_path
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import redact
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import ENDPOINT_VARIABLES, redact
 
 # Variables read per play, besides those the label_vars option names.
-PLAY_VARIABLES = ('flashduty_push_url', 'flashduty_integration_key', 'flashduty_api_url', 'flashduty_enabled',
-                  'flashduty_labels', 'flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link')
+PLAY_VARIABLES = ENDPOINT_VARIABLES + ('flashduty_enabled', 'flashduty_labels', 'flashduty_change_key', 'flashduty_change_title',
+                                       'flashduty_change_link')
 
 
 # Vaulted strings: ansible-core 2.16 to 2.18, and 2.19 on.

@@ -496,3 +496,16 @@ def test_close_does_not_wait_and_a_later_flush_spools(receiver, make_sender, spo
         assert not thread.is_alive()
     report = sender.flush(5)
     assert report.spooled == 1 and time.monotonic() - started < 1.0
+
+
+def test_at_the_flush_an_endpoint_that_refuses_connections_is_spooled_at_once(make_sender, spool):
+    url = dead_url()
+    sender = make_sender(spool=spool)  # 3 retries: the backoff alone would take 1.75 s or more
+    sender.submit(ep(url), event("refused", "Processing", 1))
+    sender.submit(ep(url), event("refused", "Done", 2))
+    sender.submit(ep(url), event("other", "Done", 3))
+    started = time.monotonic()
+    report = sender.flush(5)
+    assert time.monotonic() - started < 0.5
+    assert (report.delivered, report.spooled, report.timed_out) == (0, 3, False)
+    assert [e["change_status"] for e in spooled(spool, url) if e["change_key"] == "refused"] == ["Processing", "Done"]
