@@ -87,8 +87,9 @@ options:
     default: false
   total_timeout:
     description:
-      - The longest, in seconds, the task spends on the event, retries and waits included. When the next
-        attempt could not finish within it, the task fails with the last error.
+      - The longest, in seconds, the task spends on the event, retries and waits included, in wall-clock time
+        whatever the server does. When the next attempt could not finish within it, the task fails with the
+        last error, naming this limit.
       - A C(Retry-After) longer than what is left ends the retries too.
     type: float
     default: 30
