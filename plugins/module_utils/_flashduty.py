@@ -105,10 +105,10 @@ def redact(text, secrets=()):
     return _KEY_IN_TEXT.sub(r'\g<1>' + MASK, text)
 
 
-def url_secrets(push_url):
-    """The integration key(s) in a push URL, as written, decoded and encoded: what redact() must mask."""
+def _key_forms(query):
+    """The integration key(s) in a URL's query string, as written, decoded and encoded: what redact() must mask."""
     keys = set()
-    for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, urlsplit(_text(push_url or '')).query):
+    for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, query):
         keys.update((raw, unquote(raw), quote(unquote(raw), safe='')))
     return tuple(sorted(key for key in keys if key))
 
@@ -128,12 +128,13 @@ def shown(text, secrets=(), limit=300):
     return truncate(' '.join(text.split()), limit)
 
 
-class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port masked secrets fingerprint')):
+class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port target masked secrets fingerprint')):
     """A push URL resolved once, with everything derived from it; pass this, not the URL.
 
-    ``masked`` is the URL as it may be shown, ``secrets`` what redact() must mask
-    (the key as written, decoded and encoded), ``fingerprint`` the sha256 hex of
-    the URL, which the spool stores instead of the URL.
+    ``target`` is what a request asks for (path and query), ``masked`` the URL as
+    it may be shown, ``secrets`` what redact() must mask (the key as written,
+    decoded and encoded), ``fingerprint`` the sha256 hex of the URL, which the
+    spool stores instead of the URL.
     """
 
     __slots__ = ()
@@ -145,13 +146,13 @@ class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port masked s
         return '<Endpoint %s>' % self.masked
 
 
-def endpoint_for(url):
-    """The Endpoint of a URL already validated by build_push_url()."""
-    parts = urlsplit(url)
+def endpoint_for(url, parts=None):
+    """The Endpoint of a URL that build_endpoint() validated (``parts``: its urlsplit(), when at hand)."""
+    parts = parts or urlsplit(url)
     https = parts.scheme == 'https'
     return Endpoint(url=url, scheme=parts.scheme, host=parts.hostname, port=parts.port or (443 if https else 80),
-                    masked=mask_url(url), secrets=url_secrets(url),
-                    fingerprint=hashlib.sha256(url.strip().encode('utf-8', 'surrogatepass')).hexdigest())
+                    target=parts.path + ('?' + parts.query if parts.query else ''), masked=mask_url(url),
+                    secrets=_key_forms(parts.query), fingerprint=hashlib.sha256(url.encode('utf-8', 'surrogatepass')).hexdigest())
 
 
 def _shown_url(url):
@@ -183,8 +184,8 @@ def _split_url(url, field):
     return url, parts
 
 
-def build_push_url(push_url=None, integration_key=None, api_url=None):
-    """Return the URL to POST to, from a push URL or from an integration key and API URL.
+def build_endpoint(push_url=None, integration_key=None, api_url=None):
+    """The Endpoint to POST to, from a push URL or from an integration key and API URL.
 
     A push URL wins over a key; ``api_url`` defaults to Flashduty's public API.
     """
@@ -195,7 +196,7 @@ def build_push_url(push_url=None, integration_key=None, api_url=None):
             raise FlashdutyError(
                 'push_url: must carry the integration key as ?%s=... (copy the push URL from the Flashduty '
                 'integration page; got %s)' % (KEY_PARAM, _shown_url(url)), field='push_url')
-        return url
+        return endpoint_for(url, parts)
     if integration_key:
         key = _text(integration_key).strip()
         if any(ch.isspace() for ch in key):
@@ -203,7 +204,7 @@ def build_push_url(push_url=None, integration_key=None, api_url=None):
         base, parts = _split_url(api_url or DEFAULT_API_URL, 'api_url')
         if parts.query or parts.fragment:
             raise FlashdutyError('api_url: must not carry a query string or fragment (got %s)' % _shown_url(base), field='api_url')
-        return '%s%s?%s=%s' % (base.rstrip('/'), PUSH_PATH, KEY_PARAM, quote(key, safe=''))
+        return endpoint_for('%s%s?%s=%s' % (base.rstrip('/'), PUSH_PATH, KEY_PARAM, quote(key, safe='')))
     raise FlashdutyError(
         'push_url: no Flashduty push URL given: set push_url (or integration_key), the flashduty_push_url '
         'variable, the FLASHDUTY_PUSH_URL environment variable or push_url in the [flashduty] section of ansible.cfg',
@@ -408,10 +409,10 @@ def resolve_endpoint(*sources):
     api_url = next((source.get('api_url') for source in sources if source.get('api_url')), None)
     for source in sources:
         if source.get('push_url'):
-            return endpoint_for(build_push_url(push_url=source['push_url']))
+            return build_endpoint(push_url=source['push_url'])
         if source.get('integration_key'):
-            return endpoint_for(build_push_url(integration_key=source['integration_key'], api_url=api_url))
-    return endpoint_for(build_push_url())
+            return build_endpoint(integration_key=source['integration_key'], api_url=api_url)
+    return build_endpoint()
 
 
 def change_event_argument_spec():

@@ -146,8 +146,7 @@ class HttpTransport:
         self._https = endpoint.scheme == 'https'
         self._ssl_context = _ssl_context(validate_certs, ca_path) if self._https else None
         self._proxy = _proxy_for(endpoint.scheme, endpoint.host)
-        parts = urlsplit(endpoint.url)
-        self._target = parts.path + ('?' + parts.query if parts.query else '')
+        self._target = endpoint.target
         self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': USER_AGENT}
         self._proxy_headers = {}
         if self._proxy is not None and self._proxy.username:

@@ -33,6 +33,10 @@ def fixture_body(name):
     return (FIXTURES / ('%s.json' % name)).read_bytes()
 
 
+def build_url(**settings):
+    return fd.build_endpoint(**settings).url
+
+
 def error_of(func, *args, **kwargs):
     with pytest.raises(fd.FlashdutyError) as info:
         func(*args, **kwargs)
@@ -278,11 +282,11 @@ def test_label_field_name_is_configurable():
 # =========================================================================== URLs
 
 def test_push_url_is_used_as_given():
-    assert fd.build_push_url(push_url='  %s ' % PUSH_URL) == PUSH_URL
+    assert build_url(push_url='  %s ' % PUSH_URL) == PUSH_URL
 
 
 def test_push_url_wins_over_integration_key():
-    assert fd.build_push_url(push_url=PUSH_URL, integration_key='other', api_url='https://x.example.com') == PUSH_URL
+    assert build_url(push_url=PUSH_URL, integration_key='other', api_url='https://x.example.com') == PUSH_URL
 
 
 @pytest.mark.parametrize('url, fragment', [
@@ -300,7 +304,7 @@ def test_push_url_wins_over_integration_key():
     ('https://api.flashcat.cloud%s?integration_key=%%20' % PUSH, 'must carry the integration key'),
 ])
 def test_bad_push_urls(url, fragment):
-    exc = error_of(fd.build_push_url, push_url=url)
+    exc = error_of(fd.build_endpoint, push_url=url)
     assert exc.field == 'push_url'
     assert exc.message.startswith('push_url: ') and fragment in exc.message, exc.message
     assert KEY not in exc.message
@@ -313,18 +317,18 @@ def test_bad_push_urls(url, fragment):
     'https://api.flashcat.cloud%s?%s' % (PUSH, KEY),
 ])
 def test_push_url_without_integration_key_does_not_echo_what_is_probably_the_key(url):
-    exc = error_of(fd.build_push_url, push_url=url)
+    exc = error_of(fd.build_endpoint, push_url=url)
     assert exc.field == 'push_url'
     assert KEY not in exc.message, exc.message
 
 
 def test_empty_push_url_falls_through_to_the_key():
-    assert fd.build_push_url(push_url='', integration_key=KEY) == PUSH_URL
+    assert build_url(push_url='', integration_key=KEY) == PUSH_URL
 
 
 def test_integration_key_with_default_api_url():
-    assert fd.build_push_url(integration_key=KEY) == PUSH_URL
-    assert fd.build_push_url(integration_key=' %s ' % KEY, api_url='') == PUSH_URL
+    assert build_url(integration_key=KEY) == PUSH_URL
+    assert build_url(integration_key=' %s ' % KEY, api_url='') == PUSH_URL
 
 
 @pytest.mark.parametrize('api_url, expected', [
@@ -335,17 +339,17 @@ def test_integration_key_with_default_api_url():
     ('http://127.0.0.1:8765', 'http://127.0.0.1:8765'),
 ])
 def test_integration_key_with_api_url(api_url, expected):
-    assert fd.build_push_url(integration_key=KEY, api_url=api_url) == '%s%s?integration_key=%s' % (expected, PUSH, KEY)
+    assert build_url(integration_key=KEY, api_url=api_url) == '%s%s?integration_key=%s' % (expected, PUSH, KEY)
 
 
 def test_integration_key_is_url_quoted():
-    url = fd.build_push_url(integration_key='a/b+c=d&e%f', api_url='https://x.example.com')
+    url = build_url(integration_key='a/b+c=d&e%f', api_url='https://x.example.com')
     assert url == 'https://x.example.com%s?integration_key=a%%2Fb%%2Bc%%3Dd%%26e%%25f' % PUSH
     assert parse_qs(urlsplit(url).query)['integration_key'] == ['a/b+c=d&e%f']
 
 
 def test_integration_key_with_white_space_is_refused():
-    exc = error_of(fd.build_push_url, integration_key='abc def')
+    exc = error_of(fd.build_endpoint, integration_key='abc def')
     assert exc.field == 'integration_key'
     assert 'abc' not in exc.message
 
@@ -359,14 +363,14 @@ def test_integration_key_with_white_space_is_refused():
     ('https://x.example.com/a b', 'must not contain spaces'),
 ])
 def test_bad_api_urls(api_url, fragment):
-    exc = error_of(fd.build_push_url, integration_key=KEY, api_url=api_url)
+    exc = error_of(fd.build_endpoint, integration_key=KEY, api_url=api_url)
     assert exc.field == 'api_url'
     assert exc.message.startswith('api_url: ') and fragment in exc.message, exc.message
     assert KEY not in exc.message
 
 
 def test_no_endpoint_at_all():
-    exc = error_of(fd.build_push_url)
+    exc = error_of(fd.build_endpoint)
     assert exc.field == 'push_url'
     for name in ('push_url', 'integration_key', 'flashduty_push_url', 'FLASHDUTY_PUSH_URL'):
         assert name in exc.message
