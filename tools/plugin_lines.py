@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Count the lines of plugin code, leaving out the documentation strings: ``python tools/plugin_lines.py [ROOT]``.
 
 Every ``plugins/**/*.py`` file is read; the module-level DOCUMENTATION, EXAMPLES and RETURN strings (what

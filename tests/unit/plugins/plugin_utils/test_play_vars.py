@@ -29,7 +29,7 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_vars impo
 WEB_URL = "https://flashduty.example.com/event/push/change/standard?integration_key=0123456789abcdef0123456789abcdef"
 DB_URL = "https://flashduty.example.com/event/push/change/standard?integration_key=fedcba9876543210fedcba9876543210"
 WEB_KEY = "0123456789abcdef0123456789abcdef"
-RIGHT = [("default", VaultSecret(b"the right vault password"))]
+RIGHT = (("default", VaultSecret(b"the right vault password")),)
 WRONG = [("default", VaultSecret(b"a wrong vault password"))]
 
 INVENTORY = """\
@@ -166,8 +166,9 @@ def test_variables_follow_ansible_precedence_and_are_templated(load):
         flashduty_change_key="from play vars",
         flashduty_push_url=WEB_URL,
     )  # flashduty_api_url, flashduty_enabled...: undefined, so absent
-    assert type(values["flashduty_change_title"]) is str and type(values["flashduty_labels"]) is dict
-    assert type(values["flashduty_labels"]["release"]) is str and type(values["flashduty_push_url"]) is str
+    # Plain types, not Ansible's tagged or unsafe subclasses.
+    kinds = [values["flashduty_change_title"], values["flashduty_labels"], values["flashduty_labels"]["release"], values["flashduty_push_url"]]
+    assert [value.__class__ for value in kinds] == [str, dict, str, str]
     titles = dict((name, reader.variables(host(reader, name))[0]["flashduty_change_title"]) for name in ("web2", "web3", "db1"))
     assert titles == dict(web2="web2 from host_vars", web3="web3 from the inventory", db1="from group_vars/all")
     assert reader.variables(host(reader, "db1"))[0]["flashduty_push_url"] == DB_URL
