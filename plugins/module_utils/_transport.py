@@ -157,6 +157,9 @@ class HttpTransport:
             self._target = endpoint.url
             self._headers.update(self._proxy_headers)
         self._connection = None
+        # The socket of the request under way: http.client forgets it as soon as an answer says Connection: close,
+        # while its body is still to be read, and interrupt() must reach it then too.
+        self._sock = None
 
     def close(self):
         if self._connection is not None:
@@ -165,7 +168,7 @@ class HttpTransport:
 
     def interrupt(self):
         """Make a request blocked on this connection in another thread fail at once."""
-        sock = getattr(self._connection, 'sock', None)
+        sock = self._sock or getattr(self._connection, 'sock', None)
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -200,6 +203,7 @@ class HttpTransport:
             if reused:
                 connection.sock.settimeout(connection.timeout)
             connection.request('POST', self._target, body, self._headers)
+            self._sock = connection.sock
             response = connection.getresponse()
             if response.reader.ended:
                 raise http_client.IncompleteRead(b'', None)  # the headers were cut: http.client takes that for their end
@@ -232,6 +236,8 @@ class HttpTransport:
         except OSError as exc:
             self.close()
             raise self._unreachable(exc)
+        finally:
+            self._sock = None
 
     def _unreachable(self, exc):
         text = describe(exc)

@@ -771,7 +771,7 @@ class EventSender:
             leftovers.extend(worker.held)
             pending += len(worker.queue)
             leftovers.extend(worker.queue)
-            if worker.current is not None:
+            if worker.current is not None and not worker.current.abandoned:  # an earlier flush spooled it already
                 worker.current.abandoned = True
                 pending += 1
                 leftovers.append(worker.current)
