@@ -39,6 +39,7 @@ EVENTS_PER_RUN = 2 * PLAYS  # Processing + Done per play
 DEFAULT_TRANSIENT = 3       # failures before a transient fault clears: the default retries (3) still recover
 DEFAULT_FLUSH_TIMEOUT = 5.0  # the callback's default, which these runs keep
 RUN_TIMEOUT = 180.0
+KILLED = -9  # the rc of a run killed at its timeout
 SUMMARY_RE = re.compile(r"Flashduty change events: (?P<counts>[^;\n]*); flush (?P<flush>[\d.]+) s(?:, timed out with (?P<pending>\d+) pending)?")
 RECAP_RE = re.compile(r"^(?P<stamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(?P<ms>\d{3}) .*\| PLAY RECAP", re.MULTILINE)
 COUNT_RE = re.compile(r"(\d+) (delivered|refused|spooled|dropped from the full spool|lost)")
@@ -126,6 +127,11 @@ CASES = (
     Case("close", "closed without answer, transient", "transient", (transient("close"),)),
     Case("refused", "connection refused, whole run", "outage", refused_port=True),
     Case("blackhole", "black hole, whole run", "outage", (dict(kind="blackhole", times=None),)),
+    # Hostile servers: only a wall-clock deadline per request ends these; a per-read timeout never fires.
+    Case("trickle_headers", "headers 1 byte / 0.5 s, whole run", "outage", (dict(kind="trickle_headers", times=None),)),
+    Case("trickle_body", "body 1 byte / 0.5 s, whole run", "outage", (dict(kind="trickle_body", times=None),)),
+    Case("endless_chunked", "endless chunked body, whole run", "outage", (dict(kind="endless_chunked", times=None),)),
+    Case("cut_headers", "header block cut short, transient", "transient", (transient("cut_headers"),)),
     Case("400", "HTTP 400, one event (permanent)", "permanent", (dict(kind="status", status=400, times=1),), refused=1),
     Case("401", "HTTP 401, every event (permanent)", "permanent", (dict(kind="status", status=401, times=None),), refused=EVENTS_PER_RUN),
     # Not in the default set: what "at least once" means. Answers come 6 s late, so the events still in
@@ -187,10 +193,14 @@ class Context:
     Use as a context manager (the receiver stops at exit).
     """
 
-    def __init__(self, workdir, transient_failures=DEFAULT_TRANSIENT):
+    def __init__(self, workdir, transient_failures=DEFAULT_TRANSIENT, callback_env=None, run_timeout=RUN_TIMEOUT):
+        """``callback_env``: environment variables for every run of a trial, such as ``FLASHDUTY_FLUSH_TIMEOUT``;
+        ``run_timeout``: seconds after which a run is killed."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.transient_failures = transient_failures
+        self.callback_env = dict(callback_env or {})
+        self.run_timeout = run_timeout
         self.key = secrets.token_hex(16)
         self.receiver = Receiver(integration_key=self.key, port=0, quiet=True).start()
         self._projects = {}
@@ -248,8 +258,12 @@ class Run:
         return (("stdout", self.stdout), ("stderr", self.stderr), ("log", self.log))
 
 
-def run_playbook(project, playbook, out_dir, name, callback=True, spool=None, timeout=RUN_TIMEOUT):
-    """Run ``ansible-playbook -vvvv`` in ``project`` with ANSIBLE_LOG_PATH; save its output under ``out_dir``."""
+def run_playbook(project, playbook, out_dir, name, callback=True, spool=None, timeout=RUN_TIMEOUT, extra_env=None):  # pylint: disable=too-many-arguments
+    """Run ``ansible-playbook -vvvv`` in ``project`` with ANSIBLE_LOG_PATH; save its output under ``out_dir``.
+
+    ``extra_env``: more environment variables (callback options, say). A run that outlives ``timeout`` seconds is
+    killed with its process group (its rc is then KILLED).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / f"{name}.log"
@@ -261,6 +275,7 @@ def run_playbook(project, playbook, out_dir, name, callback=True, spool=None, ti
         env["ANSIBLE_CALLBACKS_ENABLED"] = CALLBACK  # absent, not empty, when off: empty crashes ansible-core 2.19+
     if spool is not None:
         env["FLASHDUTY_SPOOL_DIR"] = str(spool)
+    env.update(extra_env or {})
     cmd = [str(venv_bin() / "ansible-playbook"), "-i", "inventory/hosts.yml", playbook, "--vault-password-file", "vault-password", "-vvvv"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=str(project), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -277,7 +292,6 @@ def run_playbook(project, playbook, out_dir, name, callback=True, spool=None, ti
     (out_dir / f"{name}.stderr").write_text(stderr, encoding="utf-8")
     log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     return Run(proc.returncode, wall, stdout, stderr, log, log_path, ended)
-
 
 
 
@@ -447,7 +461,7 @@ def run_trial(ctx, case, index, expected_rc=0):
     project = ctx.project(refused_port=case.refused_port)
     receiver = ctx.receiver
     set_faults(receiver, case, ctx.transient_failures)  # none for the refused port: it only resets the receiver
-    first = run_playbook(project, FIRST_PLAYBOOK, case_dir, "first", spool=spool)
+    first = run_playbook(project, FIRST_PLAYBOOK, case_dir, "first", spool=spool, extra_env=ctx.callback_env, timeout=ctx.run_timeout)
     requests_first = receiver.requests
     spooled = spool_events(spool)
     spool_problems = spool_private(spool)
@@ -462,7 +476,8 @@ def run_trial(ctx, case, index, expected_rc=0):
     try:
         if case.refused_port:
             recovery_receiver = Receiver(integration_key=ctx.key, port=ctx.refused_port, quiet=True).start()
-        recovery = run_playbook(project, RECOVERY_PLAYBOOK, case_dir, "recovery", spool=spool)
+        recovery = run_playbook(project, RECOVERY_PLAYBOOK, case_dir, "recovery", spool=spool, extra_env=ctx.callback_env,
+                                timeout=ctx.run_timeout)
         accepted = (recovery_receiver or receiver).events
         if case.refused_port:
             accepted = receiver.events + accepted
@@ -494,7 +509,9 @@ def check(trial, case, expected_rc, case_dir, transient_failures=DEFAULT_TRANSIE
     """Fill in ``trial.problems``: every broken guarantee, with where to look."""
     where = f" (see {case_dir})"
     problems = trial.problems
-    if trial.rc != expected_rc:
+    if trial.rc == KILLED:
+        problems.append(f"first run killed: it outlived the run timeout{where}")
+    elif trial.rc != expected_rc:
         problems.append(f"first run rc {trial.rc}, without the callback {expected_rc}{where}")
     if trial.recovery_rc != expected_rc:
         problems.append(f"recovery run rc {trial.recovery_rc}{where}")
