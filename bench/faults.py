@@ -1,10 +1,10 @@
 """Fault matrix: what each delivery fault costs a playbook, and proof that no change event is lost (issue 4).
 
-Run with either test venv (standard library only; the receiver and the machinery shared with
-tests/functional/test_fault_matrix.py, the project, the cases and the checks, come from
-``tools/fault_matrix.py``; this script repeats the cases, measures baselines and prints the tables)::
+Run with either test venv (standard library only; the receiver and the machinery shared with the
+tests, the project, the cases and the checks, come from ``tools/fault_matrix.py``; this script repeats
+the cases, measures baselines and prints the tables)::
 
-    .venv/newest/bin/python bench/faults.py                  # every case, 3 repetitions (~5 min on 2 cores)
+    .venv/newest/bin/python bench/faults.py                  # every case, 3 repetitions (~8 min on 2 cores)
     .venv/oldest/bin/python bench/faults.py --repeat 1       # one repetition of each case (~1.5 min)
     python bench/faults.py --only 'blackhole|refused'        # cases whose id matches a regular expression
     python bench/faults.py --list                            # the cases, nothing run
@@ -15,8 +15,10 @@ two cheap tasks, the callback enabled with ``ANSIBLE_CALLBACKS_ENABLED``, the pu
 ``FLASHDUTY_SPOOL_DIR`` per case and repetition) talk to ``tools/flashduty_receiver.py``:
 
 - transient faults (HTTP 500/502/503/504, 429 without and with ``Retry-After: 1``, connection reset,
-  connection closed without an answer): the first ``--transient`` requests fail, then the endpoint recovers;
-- whole-run outages (connection refused, black hole): every request of the first run fails;
+  connection closed without an answer, a header block cut short): the first ``--transient`` requests fail,
+  then the endpoint recovers;
+- whole-run outages (connection refused, black hole, an answer whose headers or body trickle in one byte
+  every 0.5 s, a chunked answer that never ends): every request of the first run fails;
 - permanent refusals (400 for one event, 401 for every event): not retried, one warning each.
 
 After the first run a RECOVERY run (same project, same spool, endpoint healthy) plays ``recovery.yml``
