@@ -34,7 +34,8 @@ options:
     type: str
   timeout:
     description:
-      - Seconds to wait for each attempt to connect and get an answer.
+      - Seconds each attempt may take, from connecting to the last byte of the answer, in wall-clock time
+        whatever the server does (an answer trickled one byte at a time is cut at this deadline too).
     type: float
     default: 10
   retries:
