@@ -135,7 +135,8 @@ def test_task_retries_a_cut_header_block_and_delivers_once(hostile):
 def trial(hostile, case_id):
     """One fault-matrix trial (first run with the fault, recovery run healthy, same spool), every guarantee checked."""
     result = faults.run_trial(hostile, faults.CASES_BY_ID[case_id], 1)
-    timing = f"end-of-run wait {result.tail} s, the callback's flushes {result.flush} s in all, {result.spooled} events spooled"
+    timing = (f"end-of-run wait {'?' if result.tail is None else f'{result.tail:.1f}'} s, the callback's flushes "
+              f"{'?' if result.flush is None else f'{result.flush:.1f}'} s in all, {result.spooled} events spooled")
     assert not result.problems, "\n".join(result.problems + [timing])
     expected = faults.EVENTS_PER_RUN
     assert (result.rc, result.recovery_rc, result.sent, result.received, result.duplicates) == (0, 0, expected, expected, 0)
