@@ -24,9 +24,9 @@ import pytest
 
 TOTAL_TIMEOUT = 6
 FLUSH_TIMEOUT = 3
-SLACK = 1.0  # what the brief allows past each deadline
+SLACK = 1.0  # the bound past each deadline (total_timeout, flush_timeout)
 SLOW_KINDS = ("trickle_headers", "trickle_body", "endless_chunked")
-# A run that has not ended by then hangs: killed, and the test fails saying so (today's transport trickles for minutes).
+# A run that has not ended by then hangs: killed, and the test fails saying so (a per-read timeout alone trickles for minutes).
 RUN_TIMEOUT = 30
 # What the task's message says ended the last attempt (plugins/module_utils/_client.py).
 TIMED_OUT = "no complete answer from 127.0.0.1 within {limit}"
@@ -67,7 +67,7 @@ def hostile(tmp_path_factory):
     with faults.Context(tmp_path_factory.mktemp("hostile"), transient_failures=1, run_timeout=RUN_TIMEOUT,
                         callback_env={"FLASHDUTY_FLUSH_TIMEOUT": str(FLUSH_TIMEOUT)}) as ctx:
         (ctx.project() / "task.yml").write_text(TASK_PLAYBOOK, encoding="utf-8")
-        run, results = run_task(ctx, "healthy")
+        _run, results = run_task(ctx, "healthy")
         assert results["sent"].get("changed") and not results["sent"].get("failed"), results
         ctx.healthy_seconds = results["seconds"]
         yield ctx
