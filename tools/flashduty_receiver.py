@@ -3,8 +3,9 @@
 Implements ``POST /event/push/change/standard?integration_key=<KEY>`` strictly
 (see ``flashduty-change-api.md``), prints one line per request, stores accepted
 events in memory (and optionally in a JSONL file), and can inject faults
-(latency, error statuses, rate limiting, connection resets, black holes) for
-tests of retries and of "never slow the playbook".  Loopback only.
+(latency, error statuses, rate limiting, connection resets, black holes, answers
+that trickle in or never end, a header block cut short) for tests of retries and
+of "never slow the playbook".  Loopback only.
 
 Python::
 
@@ -19,6 +20,30 @@ Command line::
 
 Control API on the same server (no key): ``GET|DELETE /_receiver/events``,
 ``GET /_receiver/requests``, ``GET|PUT /_receiver/config``, ``GET /_receiver/health``.
+
+Faults (``Receiver.add_fault``/``set_faults``, or ``PUT /_receiver/config`` with
+``{"faults": [{"kind": ..., "times": 1}, ...]}``) answer the next push requests
+in queue order, each rule ``times`` times (null: forever); a faulted event is
+never stored.  Kinds:
+
+- ``status``: an error envelope with HTTP ``status`` (default 503) and ``code``;
+- ``ratelimit``: 429 ``RequestTooFrequently``, with ``Retry-After: <retry_after>`` if given;
+- ``reset``: the connection is reset (RST), no answer;
+- ``close``: the connection is closed (FIN), no answer;
+- ``blackhole``: no answer, the connection held until stop() (or ``hold`` seconds);
+- ``trickle_headers``: the status line and headers go out one byte every
+  ``interval`` seconds (default 0.5), then the body;
+- ``trickle_body``: status and headers (with a Content-Length) at once, the body
+  one byte every ``interval`` seconds;
+- ``endless_chunked``: ``Transfer-Encoding: chunked`` headers, then a one-byte
+  chunk every ``interval`` seconds, never the last chunk;
+- ``cut_headers``: ``HTTP/1.1 200 OK\\r\\nContent-Type: appl`` (the header block
+  cut short), then the connection is closed.
+
+The answer the three slow kinds send, should it ever be read whole, is an error
+envelope with HTTP ``status`` (default 200) and ``code`` (default ``InternalError``,
+which a client retries).  Slow answers and black holes end as soon as the client
+goes away or the receiver stops.
 
 The integration key is never printed, logged or stored: URLs are shown as
 ``...?integration_key=****``.
@@ -62,8 +87,13 @@ MAX_BODY = 1024 * 1024          # larger bodies are drained and rejected
 MAX_DRAIN = 64 * 1024 * 1024    # beyond this the connection is just closed
 MIN_SECRET_SCAN = 8             # keys shorter than this are not searched for in bodies
 
-FAULT_KINDS = ("status", "ratelimit", "reset", "blackhole", "close")
-FAULT_FIELDS = ("kind", "times", "status", "code", "message", "retry_after", "hold")
+# Answers that come one byte at a time, or never end: the client's wall-clock deadline is what stops them.
+SLOW_FAULT_KINDS = ("trickle_headers", "trickle_body", "endless_chunked")
+FAULT_KINDS = ("status", "ratelimit", "reset", "blackhole", "close", *SLOW_FAULT_KINDS, "cut_headers")
+FAULT_FIELDS = ("kind", "times", "status", "code", "message", "retry_after", "hold", "interval")
+DEFAULT_FAULT_INTERVAL = 0.5
+# A header block cut in the middle of a line, as a proxy or server that dies mid-answer leaves it.
+CUT_HEADERS_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Type: appl"
 DEFAULT_CODES = {
     400: "InvalidParameter",
     401: "Unauthorized",
@@ -238,8 +268,12 @@ def normalize_fault(rule):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f"fault {name} must be a non-negative number of seconds")
         out[name] = value
-    if kind == "status":
-        status = rule.get("status", 503)
+    interval = rule.get("interval")
+    if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float)) or interval <= 0):
+        raise ValueError("fault interval must be a positive number of seconds")
+    out["interval"] = DEFAULT_FAULT_INTERVAL if interval is None and kind in SLOW_FAULT_KINDS else interval
+    if kind in ("status", *SLOW_FAULT_KINDS):
+        status = rule.get("status", 503 if kind == "status" else 200)
         if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
             raise ValueError("fault status must be an HTTP status code between 200 and 599")
         out["status"] = status
@@ -512,7 +546,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_envelope(request_id, ReceiverError(fault["status"], fault["code"], fault["message"]), headers=headers)
             return
         self.close_connection = True
-        if kind == "blackhole":
+        if kind in SLOW_FAULT_KINDS:
+            self._slow_answer(fault, request_id)
+        elif kind == "cut_headers":
+            self.wfile.write(CUT_HEADERS_ANSWER)
+        elif kind == "blackhole":
             receiver.stop_event.wait(fault["hold"])
         elif kind == "reset":
             try:
@@ -523,6 +561,34 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             self.rfile.close()
         # "close" (and a released blackhole): return without answering; the server closes the socket (FIN).
+
+    def _slow_answer(self, fault, request_id):
+        """Send an error envelope one byte per ``interval`` (the head, the body) or as endless chunks.
+
+        Returns when the receiver stops; a client that went away ends it with an OSError at the next write.
+        """
+        kind = fault["kind"]
+        wait = self.server.receiver.stop_event.wait
+        body = json.dumps({"request_id": request_id, "error": {"code": fault["code"], "message": fault["message"]}}).encode("utf-8")
+        framing = "Transfer-Encoding: chunked" if kind == "endless_chunked" else f"Content-Length: {len(body)}"
+        reason = self.responses.get(fault["status"], ("",))[0]
+        head = (f"HTTP/1.1 {fault['status']} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n{framing}\r\n"
+                "Connection: close\r\n\r\n").encode("latin-1")
+        if kind == "trickle_headers":
+            slow, fast = head, body
+        elif kind == "trickle_body":
+            self.wfile.write(head)
+            slow, fast = body, b""
+        else:
+            self.wfile.write(head)
+            while not wait(fault["interval"]):
+                self.wfile.write(b"1\r\n \r\n")  # JSON whitespace, one byte a chunk; the last chunk (0) never comes
+            return
+        for index in range(len(slow)):
+            if wait(fault["interval"]):
+                return
+            self.wfile.write(slow[index:index + 1])
+        self.wfile.write(fast)
 
     def _control(self, request_id, name, raw):
         receiver = self.server.receiver
@@ -762,15 +828,21 @@ class Receiver:  # pylint: disable=too-many-public-methods,too-many-instance-att
         """Set the delay added before answering every push request."""
         self._latency = self._check_latency(seconds)
 
-    def add_fault(self, kind, *, times=1, status=None, code=None, message=None, retry_after=None, hold=None):  # pylint: disable=too-many-arguments
+    def add_fault(self, kind, *, times=1, status=None, code=None, message=None, retry_after=None, hold=None,  # pylint: disable=too-many-arguments
+                  interval=None):
         """Append a fault rule; return it normalised.
 
         kind: status (HTTP ``status``, default 503, error ``code``), ratelimit (429, optional
         ``retry_after`` seconds header), reset (RST, no response), blackhole (no answer until
-        stop() or ``hold`` seconds), close (FIN, no response). times: int, or None for forever.
+        stop() or ``hold`` seconds), close (FIN, no response), trickle_headers (the head one byte
+        per ``interval`` seconds, default 0.5), trickle_body (the head at once, the body one byte
+        per ``interval``), endless_chunked (a chunk per ``interval``, never the last), cut_headers
+        (part of the header block, then FIN). The slow kinds' answer is an error envelope with
+        ``status`` (default 200) and ``code`` (default InternalError). times: int, or None for forever.
         """
         rule = {"kind": kind, "times": times}
-        for name, value in (("status", status), ("code", code), ("message", message), ("retry_after", retry_after), ("hold", hold)):
+        for name, value in (("status", status), ("code", code), ("message", message), ("retry_after", retry_after), ("hold", hold),
+                            ("interval", interval)):
             if value is not None:
                 rule[name] = value
         rule = normalize_fault(rule)
@@ -874,7 +946,8 @@ class Receiver:  # pylint: disable=too-many-public-methods,too-many-instance-att
         stamp = time.strftime("%H:%M:%S", time.localtime(received_at))
         if fault and status is None:
             answer = {"reset": "connection reset (RST), no response", "close": "connection closed, no response",
-                      "blackhole": "holding the connection, no response"}[fault]
+                      "blackhole": "holding the connection, no response",
+                      "cut_headers": "header block cut short, connection closed"}[fault]
             self._print(f"{stamp} --- [fault={fault}] {answer}  request_id={request_id}")
         else:
             tag = f"  [fault={fault}]" if fault else ""
@@ -1045,7 +1118,10 @@ def build_parser():
     """The argparse parser for the command line."""
     parser = argparse.ArgumentParser(prog="flashduty_receiver.py", description="Local Flashduty-compatible change-event receiver.")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve until SIGTERM/SIGINT")
+    serve = sub.add_parser("serve", help="serve until SIGTERM/SIGINT", epilog=(
+        "Faults are injected through the control API, e.g. PUT /_receiver/config with "
+        '{"faults": [{"kind": "trickle_body", "times": null, "interval": 0.5}]}. '
+        f"Kinds: {', '.join(FAULT_KINDS)}; fields: {', '.join(FAULT_FIELDS)} (see the docstring of tools/flashduty_receiver.py)."))
     serve.add_argument("--host", default="127.0.0.1", help="loopback address to bind (127.0.0.0/8 or ::1)")
     serve.add_argument("--port", type=int, default=8765, help="port (0 picks a free one; see --port-file)")
     serve.add_argument("--integration-key", help=f"expected integration key (prefer the {KEY_ENV} environment variable)")

@@ -1,24 +1,16 @@
-"""The delivery guarantees under faults, in small: four cases of bench/faults.py's fault matrix, run by pytest.
+"""The delivery guarantees under faults, in small: four cases of the fault matrix (tools/fault_matrix.py), run by pytest.
 
 Each case is a real ansible-playbook run (2 plays x 5 local hosts, the callback on, the push URL vaulted)
 against the local receiver with the fault injected, then a recovery run with the endpoint healthy and the
-same spool. bench/faults.py checks every guarantee (no event lost after recovery, none twice, Processing
+same spool. fault_matrix.check checks every guarantee (no event lost after recovery, none twice, Processing
 before Done, the playbook's return code unchanged, the integration key nowhere in the output, the -vvvv
 log or the spool, the spool private); the tests add what each case must show. The full matrix, with wall
 times, is ``python bench/faults.py`` (docs/docsite/rst/delivery.rst).
 """
-# pylint: disable=missing-function-docstring,redefined-outer-name,import-error,wrong-import-position
+# pylint: disable=missing-function-docstring,redefined-outer-name,import-error
 
-import sys
-from pathlib import Path
-
+import fault_matrix as faults  # tools/ (tests/conftest.py puts it on sys.path)
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-
-import faults  # noqa: E402  (bench/ is not a package)
 
 # The end of a run with a dead endpoint waits at most flush_timeout; this much more is allowed for a busy machine.
 SLACK = 2.0
@@ -27,7 +19,6 @@ SLACK = 2.0
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     """One receiver and its projects (vaulted once) for the module's cases."""
-    faults.ensure_collection_link()
     with faults.Context(tmp_path_factory.mktemp("faults")) as ctx:
         yield ctx
 

@@ -389,8 +389,147 @@ def test_fault_validation():
             rcv.set_faults([bad])
     with pytest.raises(ValueError):
         rcv.set_latency(-1)
-    expected = {"kind": "status", "times": 1, "status": 401, "code": "Unauthorized", "message": "injected fault: status", "retry_after": None, "hold": None}
+    expected = {"kind": "status", "times": 1, "status": 401, "code": "Unauthorized", "message": "injected fault: status", "retry_after": None,
+                "hold": None, "interval": None}
     assert rcv.add_fault("status", status=401) == expected
+
+
+# ---------------------------------------------------------------- hostile answers, read with a raw socket
+
+
+def raw_post(rcv, body=GOOD):
+    """Open a connection, send one push request by hand; return the socket (the answer is not read)."""
+    data = json.dumps(body).encode("utf-8")
+    sock = socket.create_connection(("127.0.0.1", rcv.port), timeout=5)
+    sock.sendall(f"POST {PUSH}?integration_key={KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode("ascii") + data)
+    return sock
+
+
+def read_for(sock, seconds):
+    """What arrives on ``sock`` within ``seconds`` (less if the peer closes): ``(bytes, closed)``."""
+    data = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(4096)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
+def head_and_body(data):
+    head, separator, body = data.partition(b"\r\n\r\n")
+    assert separator, data
+    return head.decode("latin-1"), body
+
+
+SLOW_KINDS = ("trickle_headers", "trickle_body", "endless_chunked")
+
+
+@pytest.mark.parametrize("kind", SLOW_KINDS)
+def test_slow_fault_sends_a_byte_per_interval_and_ends_when_the_receiver_stops(kind):
+    rcv = Receiver(integration_key=KEY, quiet=True).start()
+    try:
+        rcv.add_fault(kind, times=None, interval=0.2)
+        sock = raw_post(rcv)
+        data, closed = read_for(sock, 1.1)
+        assert not closed
+        # Event.wait() never returns early: at most one byte (or chunk) per 0.2 s, the first after 0.2 s.
+        if kind == "trickle_headers":
+            assert 1 <= len(data) <= 6 and b"HTTP/1.1 200 OK\r\n".startswith(data), data
+        else:
+            head, body = head_and_body(data)
+            assert head.startswith("HTTP/1.1 200 OK\r\n") and "Connection: close" in head
+            if kind == "trickle_body":
+                assert "Content-Length: " in head and 1 <= len(body) <= 6 and body == b'{"request_id"'[:len(body)], data
+            else:
+                assert "Transfer-Encoding: chunked" in head and "Content-Length" not in head
+                assert 1 <= body.count(b"1\r\n \r\n") <= 6 and body == b"1\r\n \r\n" * body.count(b"1\r\n \r\n"), data
+        assert [(entry["fault"], entry["status"], entry["accepted"]) for entry in rcv.requests] == [(kind, 200, False)]
+    finally:
+        start = time.monotonic()
+        rcv.stop()
+        assert time.monotonic() - start < 1.5
+    rest, closed = read_for(sock, 2)
+    assert closed and len(rest) <= 2, rest  # released at once (a byte already on its way may still come)
+    sock.close()
+    assert rcv.events == [] and rcv.faults[0]["times"] is None
+
+
+@pytest.mark.parametrize("kind", ["trickle_headers", "trickle_body"])
+def test_slow_fault_answer_read_whole_is_an_error_envelope_then_times_runs_out(receiver, kind):
+    receiver.add_fault(kind, times=1, interval=0.002)
+    start = time.monotonic()
+    status, headers, payload = request(receiver, body=GOOD)
+    elapsed = time.monotonic() - start
+    assert (status, payload["error"]) == (200, {"code": "InternalError", "message": f"injected fault: {kind}"})
+    assert headers["Connection"] == "close"
+    trickled = int(headers["Content-Length"]) if kind == "trickle_body" else len("HTTP/1.1 200 OK\r\n")
+    assert elapsed >= trickled * 0.002
+    assert request(receiver, body=GOOD)[0] == 200  # times: 1, then a normal answer
+    assert [entry["fault"] for entry in receiver.requests] == [kind, None] and len(receiver.events) == 1
+
+
+def test_endless_chunked_never_sends_the_last_chunk_and_honours_times(receiver):
+    receiver.add_fault("endless_chunked", times=2, interval=0.01)
+    for _attempt in range(2):
+        sock = raw_post(receiver)
+        data, closed = read_for(sock, 0.5)
+        sock.close()
+        head, body = head_and_body(data)
+        assert not closed and "Transfer-Encoding: chunked" in head
+        assert body.count(b"1\r\n \r\n") >= 3 and b"0\r\n\r\n" not in body
+    assert request(receiver, body=GOOD)[0] == 200
+    assert [entry["fault"] for entry in receiver.requests] == ["endless_chunked", "endless_chunked", None]
+
+
+def test_slow_fault_ends_when_the_client_goes_away(receiver):
+    receiver.add_fault("endless_chunked", times=None, interval=0.02)
+    sock = raw_post(receiver)
+    assert read_for(sock, 0.2)[0]
+    sock.close()
+    connections = receiver._server.connections  # pylint: disable=protected-access
+    deadline = time.monotonic() + 3
+    while connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not connections  # the next chunk's write failed and ended the handler
+
+
+def test_fault_cut_headers(receiver):
+    receiver.add_fault("cut_headers", times=2)
+    for _attempt in range(2):
+        sock = raw_post(receiver)
+        start = time.monotonic()
+        data, closed = read_for(sock, 3)
+        sock.close()
+        assert (data, closed) == (b"HTTP/1.1 200 OK\r\nContent-Type: appl", True)
+        assert time.monotonic() - start < 1
+    assert request(receiver, body=GOOD)[0] == 200
+    log = receiver.requests
+    assert [(entry["fault"], entry["status"]) for entry in log] == [("cut_headers", None)] * 2 + [(None, 200)]
+    assert len(receiver.events) == 1  # a cut answer stores nothing
+
+
+def test_hostile_fault_rules_and_validation():
+    rcv = Receiver(integration_key=KEY)
+    assert rcv.add_fault("trickle_body") == {"kind": "trickle_body", "times": 1, "status": 200, "code": "InternalError",
+                                             "message": "injected fault: trickle_body", "retry_after": None, "hold": None, "interval": 0.5}
+    assert rcv.add_fault("endless_chunked", times=None, interval=2, status=503)["interval"] == 2
+    assert rcv.add_fault("cut_headers") == {"kind": "cut_headers", "times": 1, "status": None, "code": None, "message": None,
+                                            "retry_after": None, "hold": None, "interval": None}
+    for bad in (0, -1, "1", True):
+        with pytest.raises(ValueError, match="fault interval must be a positive number of seconds"):
+            rcv.set_faults([{"kind": "trickle_headers", "interval": bad}])
+    rcv.configure({"faults": [{"kind": "trickle_headers", "times": None, "interval": 0.1}]})  # what PUT /_receiver/config does
+    assert rcv.faults == [{"kind": "trickle_headers", "times": None, "status": 200, "code": "InternalError",
+                           "message": "injected fault: trickle_headers", "retry_after": None, "hold": None, "interval": 0.1}]
 
 
 # ---------------------------------------------------------------- control API and Python API
