@@ -1,7 +1,8 @@
 """Local Flashduty-compatible change-event receiver (standard library only).
 
-Implements ``POST /event/push/change/standard?integration_key=<KEY>`` strictly
-(see ``flashduty-change-api.md``), prints one line per request, stores accepted
+Implements ``POST /event/push/change/standard?integration_key=<KEY>`` strictly,
+as Flashduty's "Custom Change Events" guide and change-event reference describe
+it (fields, limits, error codes: see ``validate_event`` and ``DEFAULT_CODES`` below), prints one line per request, stores accepted
 events in memory (and optionally in a JSONL file), and can inject faults
 (latency, error statuses, rate limiting, connection resets, black holes, answers
 that trickle in or never end, a header block cut short) for tests of retries and
