@@ -166,6 +166,8 @@ options:
     description:
       - Directory (created with mode 0700) where events that could not be delivered wait for the next run.
       - It never holds the integration key or the push URL.
+      - A symbolic link, a directory owned by another user or one other users may enter (mode other than 0700)
+        is refused with a warning, not followed or chmod-ed; events not delivered by the end of the run are then lost.
     type: path
     default: ~/.ansible/flashduty/spool
     env:

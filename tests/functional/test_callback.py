@@ -472,6 +472,26 @@ def test_undelivered_events_are_spooled_then_replayed_first(play, receiver, cb_e
         event["event_time"] for key in groups if key not in first_run for event in groups[key])
 
 
+def test_a_symlinked_spool_dir_is_refused_with_one_warning_and_its_target_untouched(play, receiver, tmp_path):
+    # A spool_dir in a shared /tmp that someone made a link to a directory of theirs, here root's.
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.chmod(target, 0o755)
+    (target / "notes.txt").write_text("root's file\n", encoding="utf-8")
+    link = tmp_path / "shared-tmp-spool"
+    link.symlink_to(target)
+    before = (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target)))
+    receiver.add_fault("status", times=None, status=503)  # nothing delivered: the run would spool every event
+    proc = play("site.yml", FLASHDUTY_SPOOL_DIR=str(link), FLASHDUTY_FLUSH_TIMEOUT="1", FLASHDUTY_RETRIES="0")
+    assert_rc(proc)
+    assert_clean(proc, receiver.integration_key)
+    about_the_spool = [warning for warning in warnings_in(proc.stdout + proc.stderr) if "spool directory" in warning]
+    assert len(about_the_spool) == 1 and "is a symbolic link; refusing to follow it" in about_the_spool[0], about_the_spool
+    assert (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target))) == before
+    assert (target / "notes.txt").read_text(encoding="utf-8") == "root's file\n"
+    assert link.is_symlink()
+
+
 def test_flush_spool_playbook_delivers_the_spool_and_reports_nothing_else(play, receiver, cb_env):
     receiver.add_fault("blackhole", times=None)
     assert_rc(play("site.yml", FLASHDUTY_FLUSH_TIMEOUT="1", FLASHDUTY_RETRIES="0"))
