@@ -34,7 +34,7 @@ options:
     type: str
   timeout:
     description:
-      - Seconds to wait for each attempt to connect and get an answer.
+      - Seconds to wait for each attempt to connect and get an answer; more than 0, at most 300.
     type: float
     default: 10
   retries:
@@ -42,6 +42,7 @@ options:
       - How many times to retry an event after a transient failure (timeout, connection error,
         HTTP 429 honouring C(Retry-After), 500, 502, 503, 504), with exponential backoff and jitter.
       - Other errors, such as a wrong integration key, fail at once.
+      - From 0 to 10.
     type: int
     default: 3
   validate_certs:
