@@ -443,7 +443,7 @@ def test_extra_vars_label_key_title_and_link_are_templated(play, receiver, proje
 def test_the_key_in_labels_and_title_is_masked_shown_spooled_and_sent(play, receiver, project, cb_env):
     # The common mistake: the push URL templated into a label, a label_vars variable and the title.
     extra = {"flashduty_labels": {"url": "{{ flashduty_push_url }}", "service": "shop"},
-             "leak": "{{ flashduty_push_url | urlsplit('query') }}",
+             "leak": "{{ flashduty_push_url | string | urlsplit('query') }}",
              "flashduty_change_title": "Deploy with {{ flashduty_push_url }}"}
     (project / "extra.json").write_text(json.dumps(extra), encoding="utf-8")
     secret = receiver.integration_key
