@@ -255,6 +255,7 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     option_problem,
     redact,
     resolve_push_url,
+    truncate,
     url_secrets,
     url_warnings,
 )
@@ -837,12 +838,14 @@ class CallbackModule(CallbackBase):
     def _get_sender(self):
         if self._sender is None:
             from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender
-            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool
+            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError
 
             spool = None
             if self._spool_dir:
                 try:
                     spool = Spool(self._spool_dir)
+                except SpoolError as exc:  # names the directory and why
+                    self._warn_once('%s: events not delivered by the end of the run will be lost' % exc)
                 except Exception as exc:
                     self._warn_once('the spool directory %s cannot be used (%s): events not delivered by the end of the run '
                                     'will be lost' % (self._spool_dir, exc))
@@ -864,7 +867,8 @@ class CallbackModule(CallbackBase):
                                           secrets=url_secrets(change.push_url), masked=change.masked)
         except FlashdutyError as exc:
             if exc.field != 'link' or not change.link:
-                self._warn_once('%s; change %s is not reported' % (exc.message, change.key), key=('event', exc.message))
+                shown = redact(truncate(change.key, 80), url_secrets(change.push_url))  # the key itself may be the problem
+                self._warn_once('%s; change %s is not reported' % (exc.message, shown), key=('event', exc.message))
                 return None
             self._warn_once('%s (from flashduty_change_link); the change is reported without a link' % exc.message,
                             key=('link', exc.message))

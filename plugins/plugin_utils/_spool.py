@@ -211,9 +211,10 @@ class Spool:
         if self._check_directory():
             return
         try:
-            parent = os.path.dirname(self.path)
-            if parent:
-                os.makedirs(parent, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        except OSError as exc:
+            raise SpoolError('cannot create the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+        try:
             os.mkdir(self.path, 0o700)
         except FileExistsError:
             self._check_directory()  # made meanwhile, by another run or by someone else
