@@ -74,6 +74,7 @@ help:
 	@echo '  build-check     build, then check what the tarball contains'
 	@echo '  bench           benchmark: the change_events callback vs off vs the peers (~14 min; BENCH_QUICK=1: ~3 min),'
 	@echo '                  tables in .build/bench/results.md (see bench/README.md, docs/performance.md)'
+	@echo '  plugin-lines    lines of plugin code, documentation strings left out (tools/plugin_lines.py)'
 	@echo '  collections-link  (re)create $(COLLECTION_LINK) -> repo root'
 	@echo '  clean           remove $(BUILD)'
 	@echo '  distclean       remove $(BUILD) and .venv'
@@ -216,6 +217,11 @@ venv-bench: $(STAMP_BENCH)
 bench: $(STAMP_BENCH) collections-link
 	@echo "==> [$$(date +%T)] benchmark ($(if $(filter 1,$(BENCH_QUICK)),quick subset,full set); .venv/bench)"
 	$(VENV_BENCH)/bin/python bench/run.py $(if $(filter 1,$(BENCH_QUICK)),--quick) $(BENCH_ARGS)
+
+# The size of the plugin code, documentation strings left out (compare two trees: python3 tools/plugin_lines.py DIR).
+.PHONY: plugin-lines
+plugin-lines:
+	@python3 tools/plugin_lines.py .
 
 # --------------------------------------------------------------------- demo
 .PHONY: demo

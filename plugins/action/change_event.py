@@ -9,8 +9,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import configparser
 import os
 
+from ansible import constants as C
 from ansible import context
 from ansible.errors import AnsibleError
 from ansible.release import __version__ as ansible_version
@@ -18,19 +20,20 @@ from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.flashcat.flashduty.plugins.module_utils._client import run_change_event
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     CHANGE_EVENT_MUTUALLY_EXCLUSIVE,
-    ENDPOINT_VARIABLES,
+    ENDPOINT_SETTINGS,
+    INI_SECTION,
     MAX_LABELS,
     FlashdutyError,
     change_event_argument_spec,
-    environment_endpoint,
+    endpoint_settings,
     redact,
     require_mapping,
-    run_change_event,
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._variables import plain
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_vars import plain
 
 # Task options that default to a play or inventory variable when the task leaves them out.
 OPTION_VARIABLES = (('change_key', 'flashduty_change_key'), ('title', 'flashduty_change_title'),
@@ -52,9 +55,10 @@ class ActionModule(ActionBase):
                 result.update(changed=False, skipped=True, msg='flashduty_enabled is false: no change event sent')
                 return result
             params = self._validated_params(task_vars)
-            fallbacks = [environment_endpoint(os.environ)]
+            # Task argument > play or inventory variable > environment > ansible.cfg, as everywhere.
+            fallbacks = [endpoint_settings(os.environ, 'environment'), ini_endpoint_settings()]
             if not (params.get('push_url') or params.get('integration_key')):
-                fallbacks.insert(0, dict((name, self._variable(task_vars, variable)) for name, variable in ENDPOINT_VARIABLES))
+                fallbacks.insert(0, dict((setting, self._variable(task_vars, variable)) for setting, variable, _env, _ini in ENDPOINT_SETTINGS))
             elif params.get('integration_key') and not params.get('api_url'):
                 # A key given to the task still goes to the API URL of the variable, before the environment's.
                 fallbacks.insert(0, {'api_url': self._variable(task_vars, 'flashduty_api_url')})
@@ -134,3 +138,15 @@ class ActionModule(ActionBase):
         except AnsibleError as exc:
             raise FlashdutyError('%s: could not be templated or decrypted: %s'
                                  % (name, redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)), field=name)
+
+
+def ini_endpoint_settings():
+    """The endpoint settings of the [flashduty] section of the ansible.cfg in use, read as Ansible reads it."""
+    parser = configparser.ConfigParser(inline_comment_prefixes=(';',))
+    try:
+        parser.read(C.CONFIG_FILE or (), encoding='utf-8')
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return {}  # Ansible itself has read the file already: nothing here is worth failing the task for
+    if not parser.has_section(INI_SECTION):
+        return {}
+    return endpoint_settings(dict(parser.items(INI_SECTION, raw=True)), 'ini')

@@ -250,16 +250,16 @@ from ansible.release import __version__ as ansible_version
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     ENDPOINT_VARIABLES,
     OPTION_RANGES,
+    endpoint_settings,
     FlashdutyError,
     build_event,
     option_problem,
     redact,
-    resolve_push_url,
+    resolve_endpoint,
     truncate,
-    url_secrets,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play, _play_vars
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import CHANGED, FAILED, IGNORED, OK, RESCUED, SKIPPED, UNREACHABLE
 
 # What one task result adds to its host's counters.
@@ -279,7 +279,7 @@ WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
 # the end of a run with a dead endpoint stays within flush_timeout in all.
 FLUSH_RESERVE = 0.25
-_ENDPOINT_NAMES = frozenset(variable for dummy, variable in ENDPOINT_VARIABLES)
+_ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
 
 
 def _guarded(method):
@@ -303,7 +303,7 @@ def _guarded(method):
 
 
 class _Change:
-    """One change of a play: one push URL, and one host in per-host mode.
+    """One change of a play: one Endpoint, and one host in per-host mode.
 
     ``labels`` are the automatic labels as ``(name, value)`` pairs, most important
     first; ``user_labels`` those of flashduty_labels and label_vars (``masked`` names
@@ -311,10 +311,10 @@ class _Change:
     in changed-only mode.
     """
 
-    __slots__ = ('push_url', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held')
+    __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held')
 
-    def __init__(self, push_url, key, title, link, hosts, labels, user_labels, start_time, masked=()):
-        self.push_url = push_url
+    def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, masked=()):
+        self.endpoint = endpoint
         self.key = key
         self.title = title
         self.link = link
@@ -433,9 +433,9 @@ class CallbackModule(CallbackBase):
         if isinstance(exc, FlashdutyError):
             text = exc.message
         elif isinstance(exc, AnsibleError):
-            text = redact(_play._first_line(exc))
+            text = redact(_play_vars.first_line(exc))
         else:
-            text = redact('%s: %s' % (type(exc).__name__, _play._first_line(exc)))
+            text = redact('%s: %s' % (type(exc).__name__, _play_vars.first_line(exc)))
         self._warn_once('%s failed, reporting may be incomplete: %s' % (where, text), key=('internal', where, text))
 
     def _show_messages(self):
@@ -475,7 +475,7 @@ class CallbackModule(CallbackBase):
     def _open_changes(self, play, state):
         now = time.time()  # when the play started, whatever the time spent below or the delivery takes
         started = time.monotonic()
-        reader = _play.PlayReader(play, names=_play.PLAY_VARIABLES + tuple(self._label_vars))
+        reader = _play_vars.PlayReader(play, names=_play_vars.PLAY_VARIABLES + tuple(self._label_vars))
         hosts = reader.target_hosts(exclude=self._dead_hosts)
         if not hosts:
             return
@@ -487,8 +487,8 @@ class CallbackModule(CallbackBase):
             resolved = self._resolve_class(reader, members, state)
             if resolved is None:
                 continue
-            push_url, values = resolved
-            endpoints.setdefault(push_url, []).append((members, values))
+            endpoint, values = resolved
+            endpoints.setdefault(endpoint, []).append((members, values))
         self._display.vvv('Flashduty change events: play "%s": %d hosts, variables resolved for %d host set(s) in %.3f s'
                           % (state.name, len(hosts), len(classes), time.monotonic() - started))
         if not endpoints:
@@ -501,15 +501,15 @@ class CallbackModule(CallbackBase):
         ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
         # A play of playbooks/flush_spool.yml: deliver what earlier runs spooled, report nothing of its own.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
-        for push_url, parts in endpoints.items():
-            if push_url not in self._replayed:
-                self._replayed.add(push_url)
-                self._get_sender().replay(push_url)
+        for endpoint, parts in endpoints.items():
+            if endpoint not in self._replayed:
+                self._replayed.add(endpoint)
+                self._get_sender().replay(endpoint)
             if replay_only:
                 continue
-            for warning in url_warnings(push_url, self._client_options['validate_certs']):
+            for warning in url_warnings(endpoint, self._client_options['validate_certs']):
                 self._warn_once(warning)
-            self._add_changes(state, push_url, parts, order, ci, cli, now)
+            self._add_changes(state, endpoint, parts, order, ci, cli, now)
         if state.changes:
             self._outcomes = state.outcomes
         if state.check_mode or replay_only:
@@ -522,10 +522,10 @@ class CallbackModule(CallbackBase):
             if self._changed_only:
                 change.held = event  # sent with the end event, if the play changes something
             else:
-                self._sender.submit(change.push_url, event)
+                self._sender.submit(change.endpoint, event)
 
     def _resolve_class(self, reader, members, state):
-        """``(push_url, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
+        """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
         values, problems = reader.variables(members[0], self._decrypted)
         if 'flashduty_enabled' in values:
             try:
@@ -546,9 +546,9 @@ class CallbackModule(CallbackBase):
                             key=('variable', problem.name))
         if broken & _ENDPOINT_NAMES:
             return None
-        source = dict((name, values.get(variable)) for name, variable in ENDPOINT_VARIABLES)
+        source = endpoint_settings(values, 'variable')
         try:
-            push_url = resolve_push_url(source, self._option_endpoint)
+            endpoint = resolve_endpoint(source, self._option_endpoint)
         except FlashdutyError as exc:
             if exc.field == 'push_url' and not any(source.values()) and not any(self._option_endpoint.values()):
                 self._warn_once('no Flashduty push URL for play "%s" (hosts %s): set the variable flashduty_push_url '
@@ -558,14 +558,14 @@ class CallbackModule(CallbackBase):
             else:
                 self._warn_once('%s; plays using it are not reported' % exc.message, key=('url', exc.message))
             return None
-        return push_url, values
+        return endpoint, values
 
-    def _add_changes(self, state, push_url, parts, order, ci, cli, now):
+    def _add_changes(self, state, endpoint, parts, order, ci, cli, now):
         hosts = sorted((host for members, dummy in parts for host in members), key=lambda host: order[host.name])
         names = [host.name for host in hosts]
         user_sets = []
         settings = {}
-        secrets = url_secrets(push_url)
+        secrets = endpoint.secrets
         masked = []
         for _members, values in parts:
             labels, where = self._user_labels(values, secrets)
@@ -589,14 +589,14 @@ class CallbackModule(CallbackBase):
             key = user_key or _play.default_change_key(self._run_id, state.index)
             title = user_title or _play.change_title(state.name, names)
             labels = _play.automatic_labels(names, groups, **common)
-            state.changes.append(_Change(push_url, key, title, link, names, labels, user_labels, now, masked))
+            state.changes.append(_Change(endpoint, key, title, link, names, labels, user_labels, now, masked))
             return
         for host in hosts:
             groups = _play.visible_groups(group.name for group in host.get_groups())
             key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
             title = user_title or _play.change_title(state.name, [host.name], host=host.name)
             labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
-            state.changes.append(_Change(push_url, key, title, link, [host.name], labels, user_labels, now, masked))
+            state.changes.append(_Change(endpoint, key, title, link, [host.name], labels, user_labels, now, masked))
 
     def _user_labels(self, values, secrets):
         """The labels of flashduty_labels and label_vars, and where the integration key was masked in them."""
@@ -736,9 +736,9 @@ class CallbackModule(CallbackBase):
             if event is None:
                 continue
             if change.held is not None:
-                self._sender.submit(change.push_url, change.held)
+                self._sender.submit(change.endpoint, change.held)
                 change.held = None
-            self._sender.submit(change.push_url, event)
+            self._sender.submit(change.endpoint, event)
 
     def _flush(self):
         if self._sender is None:
@@ -864,10 +864,10 @@ class CallbackModule(CallbackBase):
     def _event(self, change, status, description, labels, event_time):
         try:
             event, warnings = build_event(status, change.key, change.title, description, change.link, labels, event_time,
-                                          secrets=url_secrets(change.push_url), masked=change.masked)
+                                          secrets=change.endpoint.secrets, masked=change.masked)
         except FlashdutyError as exc:
             if exc.field != 'link' or not change.link:
-                shown = redact(truncate(change.key, 80), url_secrets(change.push_url))  # the key itself may be the problem
+                shown = change.endpoint.redact(truncate(change.key, 80))  # the key itself may be the problem
                 self._warn_once('%s; change %s is not reported' % (exc.message, shown), key=('event', exc.message))
                 return None
             self._warn_once('%s (from flashduty_change_link); the change is reported without a link' % exc.message,

@@ -34,7 +34,9 @@ options:
     type: str
   timeout:
     description:
-      - Seconds to wait for each attempt to connect and get an answer; more than 0, at most 300.
+      - Seconds each attempt may take, from connecting to the last byte of the answer, in wall-clock time
+        whatever the server does (an answer trickled one byte at a time is cut at this deadline too).
+      - More than 0, at most 300.
     type: float
     default: 10
   retries:

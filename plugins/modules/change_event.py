@@ -95,8 +95,9 @@ options:
     default: false
   total_timeout:
     description:
-      - The longest, in seconds, the task spends on the event, retries and waits included. When the next
-        attempt could not finish within it, the task fails with the last error.
+      - The longest, in seconds, the task spends on the event, retries and waits included, in wall-clock time
+        whatever the server does. When the next attempt could not finish within it, the task fails with the
+        last error, naming this limit.
       - A C(Retry-After) longer than what is left ends the retries too.
       - More than 0, at most 3600. An out-of-range O(timeout), O(retries) or O(total_timeout) fails the task with a
         message naming the option and its range, before anything is sent.
@@ -212,11 +213,11 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.flashcat.flashduty.plugins.module_utils._client import run_change_event
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     CHANGE_EVENT_MUTUALLY_EXCLUSIVE,
     change_event_argument_spec,
-    environment_endpoint,
-    run_change_event,
+    endpoint_settings,
 )
 
 
@@ -228,7 +229,7 @@ def main():
     )
     if module.params['automatic_labels']:
         module.fail_json(msg='automatic_labels: needs the play, so it only works through the action plugin on the controller')
-    result = run_change_event(module.params, module.check_mode, environment_endpoint(os.environ))
+    result = run_change_event(module.params, module.check_mode, endpoint_settings(os.environ, 'environment'))
     for warning in result.pop('warnings', []):
         module.warn(warning)
     if result.pop('failed', False):

@@ -3,16 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""A play as a Flashduty change: targets, labels, title, description, link and CI context.
+"""A play as a Flashduty change: labels, title, description, link and CI context.
 
 Private to this collection: not a public API, may change without notice.
 
-The first part is plain Python working on names and counts, so that the
-callback ``flashcat.flashduty.change_events`` and the role
-``flashcat.flashduty.change`` compute the same automatic labels from the same
-facts. The Ansible adapters at the end (``PlayReader``) read those facts from a
-running play for the callback; they are the only code here touching Ansible
-objects.
+Plain Python working on names, counts and dicts, so that the callback
+``flashcat.flashduty.change_events`` and the role ``flashcat.flashduty.change``
+compute the same automatic labels from the same facts. Reading those facts from
+a running play (targets, variables) is _play_vars.py's work: nothing here
+imports Ansible.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -32,7 +31,6 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     label_key,
     label_value,
     normalize_labels_masked,
-    redact,
     truncate,
 )
 
@@ -489,139 +487,3 @@ def default_change_key(run_id, play_index, host=None):
 def host_change_key(key, host):
     """A user's change key made per host (per-host mode)."""
     return '%s-%s' % (key, host)
-
-
-# ---------------------------------------------------------------- Ansible adapters
-
-# Variables read per play, besides those the label_vars option names.
-PLAY_VARIABLES = ('flashduty_push_url', 'flashduty_integration_key', 'flashduty_api_url', 'flashduty_enabled',
-                  'flashduty_labels', 'flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link')
-
-
-# Vaulted strings: ansible-core 2.16 to 2.18, and 2.19 on.
-VAULTED_TYPES = frozenset(('AnsibleVaultEncryptedUnicode', 'EncryptedString'))
-
-
-class VariableProblem(Exception):
-    """A play variable that could not be templated or decrypted (the message is redacted, safe to show)."""
-
-    def __init__(self, name, message):
-        super(VariableProblem, self).__init__(message)
-        self.name = name
-        self.message = message
-
-
-class PlayReader:
-    """Reads what a change needs from a running play.
-
-    Target hosts come from the inventory (``--limit`` applied, all ``serial``
-    batches). Variables are those of the play for one of its hosts, so that
-    inventory group_vars and host_vars count, templated in that context and
-    decrypted. Resolving variables costs about 0.4-1 ms per host, so hosts are
-    put in classes that must resolve alike: the same groups and no host-level
-    variable among those read (inventory host vars, host_vars files, facts and
-    set_fact). Each class is resolved once, with its first host.
-    """
-
-    def __init__(self, play, names=PLAY_VARIABLES):
-        self.play = play
-        self.variable_manager = play.get_variable_manager()
-        self.loader = play.get_loader()
-        # The inventory is reachable only as the variable manager's private attribute (every version tried).
-        self.inventory = self.variable_manager._inventory
-        self.names = frozenset(names)
-
-    def target_hosts(self, exclude=()):
-        """The play's hosts after --limit, across all serial batches, less ``exclude`` (names)."""
-        hosts = self.inventory.get_hosts(self.play.hosts, order=getattr(self.play, 'order', None), ignore_restrictions=True)
-        return [host for host in hosts if host.name not in exclude]
-
-    def classes(self, hosts):
-        """Group ``hosts`` into lists that resolve their variables alike (see the class docstring)."""
-        classes = {}
-        for host in hosts:
-            groups = frozenset(group.name for group in host.get_groups())
-            key = ('host', host.name) if self._has_host_level(host) else ('groups', groups)
-            members = classes.get(key)
-            if members is None:
-                classes[key] = members = []
-            members.append(host)
-        return list(classes.values())
-
-    def _has_host_level(self, host):
-        names = self.names
-        if not names.isdisjoint(host.get_vars()):
-            return True
-        for cache_name in ('_vars_cache', '_nonpersistent_fact_cache'):
-            cache = getattr(self.variable_manager, cache_name, None)
-            if cache and not names.isdisjoint(cache.get(host.name, ())):
-                return True
-        try:
-            facts = self.variable_manager._fact_cache.get(host.name)
-        except Exception:  # a cache plugin may raise anything on a missing or broken entry
-            facts = None
-        if facts and not names.isdisjoint(facts):
-            return True
-        return not names.isdisjoint(self._host_plugin_vars(host))
-
-    def _host_plugin_vars(self, host):
-        """Variables vars plugins (host_vars files) give the host itself, as get_vars() would load them."""
-        from ansible.vars.plugins import get_vars_from_inventory_sources, get_vars_from_path
-
-        data = {}
-        try:
-            data.update(get_vars_from_inventory_sources(self.loader, self.inventory._sources, [host], 'task'))
-            basedir = self.loader.get_basedir()
-            if basedir:
-                data.update(get_vars_from_path(self.loader, basedir, [host], 'task'))
-        except Exception:  # when in doubt, resolve the host on its own
-            return self.names
-        return data
-
-    def variables(self, host, decrypted=None):
-        """The play's variables for ``host``, templated and as plain Python, limited to ``names``.
-
-        Returns ``(values, problems)``: undefined variables are absent from
-        ``values``; each variable that could not be templated or decrypted is a
-        VariableProblem in ``problems`` (the others are still returned).
-        ``decrypted`` is a dict kept by the caller across calls: a vaulted value
-        (the same object for every host of a group_vars file) is then decrypted
-        once, not once per set of hosts (decrypting costs several milliseconds).
-        """
-        from ansible.errors import AnsibleError
-        from ansible.template import Templar
-
-        from ansible_collections.flashcat.flashduty.plugins.plugin_utils._variables import plain
-
-        all_vars = self.variable_manager.get_vars(play=self.play, host=host)
-        templar = Templar(loader=self.loader, variables=all_vars)
-        result = {}
-        problems = []
-        for name in sorted(self.names):
-            if name not in all_vars:
-                continue
-            raw = all_vars[name]
-            vaulted = decrypted is not None and type(raw).__name__ in VAULTED_TYPES
-            if vaulted:
-                hit = decrypted.get(id(raw))
-                if hit is not None and hit[0] is raw:
-                    result[name] = hit[1]
-                    continue
-            try:
-                result[name] = plain(templar.template(raw))
-            except Exception as exc:  # AnsibleError, or a broken lookup or filter: reported alike
-                text = _first_line(exc) if isinstance(exc, AnsibleError) else '%s: %s' % (type(exc).__name__, _first_line(exc))
-                # Messages may quote the value: mask a key in a URL, and the whole text of a plain value.
-                problems.append(VariableProblem(name, redact(text, [raw] if isinstance(raw, str) else ())))
-                continue
-            if vaulted:
-                decrypted[id(raw)] = (raw, result[name])  # the reference keeps the id from being reused
-        return result, problems
-
-
-def _first_line(exc):
-    text = '%s' % (exc,)
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__

@@ -33,17 +33,15 @@ import time
 import weakref
 import zlib
 
+from ansible_collections.flashcat.flashduty.plugins.module_utils._client import FlashdutyClient, explain
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
-    FlashdutyClient,
     FlashdutyError,
-    HttpTransport,
-    mask_url,
     redact,
-    url_secrets,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError, fingerprint
+from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, TransportError
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
 DEFAULT_MAX_RATE = 40.0
 DEFAULT_CONCURRENCY = 8  # enough to keep max_rate at 40/s with round trips of 200 ms
@@ -112,18 +110,19 @@ class FlushReport:
 
 
 class _Endpoint:
-    """One push URL and what the threads know about it."""
+    """One Endpoint and what the threads know about it."""
 
-    def __init__(self, push_url, retry_pause):
-        self.push_url = push_url
-        self.fp = fingerprint(push_url)
-        self.masked = mask_url(push_url)
-        self.secrets = url_secrets(push_url)
+    def __init__(self, endpoint, retry_pause):
+        self.endpoint = endpoint
+        self.fp = endpoint.fingerprint
+        self.masked = endpoint.masked
+        self.secrets = endpoint.secrets
         self.first_pause = retry_pause
         self.pause = retry_pause
         self.down_until = None     # monotonic time of the next probe while the endpoint is down
         self.probing = False
         self.last_error = None
+        self.unreachable = False   # the last failure had no answer at all (refused, unresolvable)
         self.refusals = {}         # error -> number of events refused with it
         self.replayed = False
 
@@ -166,23 +165,25 @@ class _Batch:
 class _Transport(HttpTransport):
     """The client's HTTP transport, made interruptible from another thread and keeping its last problem."""
 
-    def __init__(self, sender, push_url, timeout, validate_certs, ca_path):
-        super(_Transport, self).__init__(push_url, timeout, validate_certs, ca_path)
+    def __init__(self, sender, endpoint, validate_certs, ca_path):
+        super(_Transport, self).__init__(endpoint, validate_certs, ca_path)
         self._sender = sender
         self.posts = 0
         self.last_problem = None
+        self.unreachable = False
 
-    def post(self, body, timeout):
+    def post(self, body, deadline):
         if self._sender.stopping():
-            raise FlashdutyError('interrupted at the flush deadline', retryable=True)
+            raise TransportError('interrupted at the flush deadline')
         self.posts += 1
         try:
-            response = super(_Transport, self).post(body, timeout)
-        except Exception as exc:
-            text = '%s' % (exc,)
-            if text and not self._sender.stopping():  # not the failure our own interrupt caused
-                self.last_problem = text
+            response = super(_Transport, self).post(body, deadline)
+        except TransportError as exc:
+            self.unreachable = exc.unreachable
+            if not self._sender.stopping():  # not the failure our own interrupt caused
+                self.last_problem = exc.reason
             raise
+        self.unreachable = False
         if response.status >= 300:
             self.last_problem = 'HTTP %d' % response.status
         return response
@@ -273,8 +274,8 @@ class EventSender:
 
     # ---- caller side --------------------------------------------------
 
-    def submit(self, push_url, event):
-        """Queue one event for ``push_url``; returns at once and never raises."""
+    def submit(self, endpoint, event):
+        """Queue one event for ``endpoint`` (an Endpoint); returns at once and never raises."""
         try:
             if self._inert or self._closed:
                 return
@@ -284,36 +285,36 @@ class EventSender:
             if isinstance(event.get('labels'), dict):
                 event['labels'] = dict(event['labels'])
             with self._lock:
-                item = _Item(self._endpoint(push_url), event)
+                item = _Item(self._endpoint(endpoint), event)
                 if self._inbox or self._dispatching:
                     self._inbox.append(item)
                 else:
                     self._route(item)
                 self._changed.notify_all()
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            self._note('Flashduty change event not queued (internal error): %s' % redact(exc, _secrets_in(push_url)))
+            self._note('Flashduty change event not queued (internal error): %s' % redact(exc, getattr(endpoint, 'secrets', ())))
 
-    def replay(self, push_url):
-        """Queue the spooled events for ``push_url`` ahead of anything submitted after; once per endpoint."""
+    def replay(self, endpoint):
+        """Queue the spooled events for ``endpoint`` ahead of anything submitted after; once per endpoint."""
         try:
             if self._inert or self._closed or self.spool is None:
                 return
             with self._lock:
-                endpoint = self._endpoint(push_url)
-                if endpoint.replayed:
+                state = self._endpoint(endpoint)
+                if state.replayed:
                     return
-                endpoint.replayed = True
-            if not self.spool.pending(push_url):
+                state.replayed = True
+            if not self.spool.pending(endpoint):
                 return
             with self._lock:
-                self._inbox.append(endpoint)
+                self._inbox.append(state)
                 if self._dispatcher is None:
                     self._dispatcher = self._start(self._dispatch_loop, 'flashduty-replay')
                 self._changed.notify_all()
         except SpoolError as exc:
             self._note('Flashduty spool not replayed: %s' % exc.message)
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            self._note('Flashduty spool not replayed (internal error): %s' % redact(exc, _secrets_in(push_url)))
+            self._note('Flashduty spool not replayed (internal error): %s' % redact(exc, getattr(endpoint, 'secrets', ())))
 
     def drain_messages(self):
         """Warnings produced since the last call (redacted), oldest first."""
@@ -367,12 +368,11 @@ class EventSender:
         with self._lock:
             self._messages.append(message)
 
-    def _endpoint(self, push_url):
-        push_url = '%s' % (push_url,)
-        endpoint = self._endpoints.get(push_url)
-        if endpoint is None:
-            endpoint = self._endpoints[push_url] = _Endpoint(push_url, self._retry_pause)
-        return endpoint
+    def _endpoint(self, endpoint):
+        state = self._endpoints.get(endpoint.fingerprint)
+        if state is None:
+            state = self._endpoints[endpoint.fingerprint] = _Endpoint(endpoint, self._retry_pause)
+        return state
 
     def _route(self, item):
         """Give an item its sequence number and its thread (lock held)."""
@@ -447,7 +447,7 @@ class EventSender:
 
     def _load_replay(self, endpoint):
         try:
-            batches, problems = self.spool.claim(endpoint.push_url)
+            batches, problems = self.spool.claim(endpoint.endpoint)
         except (SpoolError, OSError) as exc:
             self._note(endpoint.redact('Flashduty spool not replayed: %s' % (exc,)))
             return
@@ -467,7 +467,7 @@ class EventSender:
             self._changed.notify_all()
         for spool_batch in batches:
             if not spool_batch.records:
-                self.spool.finish(spool_batch, endpoint.push_url)
+                self.spool.finish(spool_batch, endpoint.endpoint)
 
     # ---- internals: the sending threads -----------------------------------
 
@@ -555,12 +555,12 @@ class EventSender:
             worker.due = down_until if worker.due is None else min(worker.due, down_until)
 
     def _client(self, worker, endpoint):
-        client = worker.clients.get(endpoint.push_url)
+        client = worker.clients.get(endpoint.fp)
         if client is None:
-            transport = _Transport(self, endpoint.push_url, self._timeout, self._validate_certs, self._ca_path)
-            client = FlashdutyClient(endpoint.push_url, timeout=self._timeout, retries=self._retries, sleep=self._pause,
-                                     transport=transport)
-            worker.clients[endpoint.push_url] = client
+            transport = _Transport(self, endpoint.endpoint, self._validate_certs, self._ca_path)
+            client = FlashdutyClient(endpoint.endpoint, timeout=self._timeout, retries=self._retries,
+                                     sleep=lambda seconds: self._pause(seconds, transport), transport=transport)
+            worker.clients[endpoint.fp] = client
         return client
 
     def _send(self, worker, item, probe):
@@ -577,7 +577,7 @@ class EventSender:
                 worker.transport = transport
             self._take_token()
             client.retries = 0 if probe else self._retries
-            return 'delivered', client.send(item.event, deadline=self._deadline)
+            return 'delivered', client.send(item.event, deadline=self._deadline, deadline_name='the flush_timeout')
         except _Interrupted as exc:
             if not exc.late:
                 return 'again', _last_problem(transport)
@@ -587,7 +587,7 @@ class EventSender:
                 return 'refused', exc
             if self.stopping():
                 return 'again', _last_problem(transport)
-            return 'transient', _reason(exc.message, endpoint)
+            return 'transient', exc
         except Exception as exc:  # pylint: disable=broad-exception-caught
             # A bug, not the endpoint's fault: report it once for this event and go on with the next.
             return 'refused', FlashdutyError('internal error while sending: %s: %s' % (type(exc).__name__, exc))
@@ -604,6 +604,7 @@ class EventSender:
             self._generation += 1
         if kind in ('delivered', 'refused') and endpoint.down_until is not None:
             endpoint.down_until = None
+            endpoint.unreachable = False
             endpoint.pause = endpoint.first_pause
             self._generation += 1
         if item.abandoned:
@@ -621,20 +622,22 @@ class EventSender:
             self._refused(item, detail)
         elif kind == 'again':
             if detail and not item.last_error:
-                item.last_error = _reason(detail, endpoint)
+                item.last_error = endpoint.redact(detail)
             worker.queue.appendleft(item)
             return None
         else:
             item.first_failure = item.first_failure or now
-            item.last_error = endpoint.redact(detail)
             if kind == 'transient':
+                item.last_error = detail.reason
                 endpoint.last_error = item.last_error
+                endpoint.unreachable = detail.unreachable
                 if endpoint.down_until is None or probe:
                     endpoint.down_until = time.monotonic() + endpoint.pause
                     self._generation += 1
                     if probe:
                         endpoint.pause = min(MAX_RETRY_PAUSE, endpoint.pause * 2)
             else:
+                item.last_error = endpoint.redact(detail)
                 item.stuck = True
             self._hold(worker, item, None)
             return None
@@ -655,24 +658,30 @@ class EventSender:
             return
         origin = ' (from the spool)' if item.batch is not None else ''
         text = 'Flashduty did not accept the %s event of change %s%s at %s: %s' % (
-            item.event.get('change_status'), item.key, origin, endpoint.masked, _reason(error.message, endpoint))
+            item.event.get('change_status'), item.key, origin, endpoint.masked, explain(error))
         self._messages.append(endpoint.redact(text))
 
     def _finish_batch(self, batch, remaining):
         try:
-            dropped = self.spool.finish(batch.spool_batch, batch.endpoint.push_url, [item.record(self._fallback()) for item in remaining])
+            dropped = self.spool.finish(batch.spool_batch, batch.endpoint.endpoint, [item.record(self._fallback()) for item in remaining])
         except (SpoolError, OSError) as exc:
             self._note(batch.endpoint.redact('Flashduty spool: cannot release %s: %s' % (batch.spool_batch.name, exc)))
             return 0
         return dropped
 
-    def _pause(self, seconds):
-        """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited."""
+    def _pause(self, seconds, transport):
+        """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited.
+
+        Once the flush has begun, an endpoint that cannot be reached at all is not tried again: its events
+        are spooled at once rather than waiting out the backoff.
+        """
         end = time.monotonic() + max(0.0, seconds)
         with self._lock:
             while True:
                 if self._abort or self._closed:
                     raise _Interrupted('interrupted')
+                if self._deadline is not None and transport.unreachable:
+                    raise _Interrupted('not tried again at the end of the run', late=True)
                 if self._deadline is not None and end > self._deadline:
                     raise _Interrupted('the next retry would come after the flush deadline', late=True)
                 remaining = end - time.monotonic()
@@ -708,13 +717,17 @@ class EventSender:
         return 'not delivered within the %.1f s flush timeout' % self._flush_timeout
 
     def _busy(self, deadline):
-        """True while something may still be sent before ``deadline`` (lock held)."""
+        """True while something may still be sent before ``deadline`` (lock held).
+
+        Events for an endpoint that could not be reached at all are not waited for: they go to the spool
+        at once, so that a dead endpoint does not make every run wait for its next probe.
+        """
         if self._inbox or self._dispatching or self._releasing:
             return True
         for worker in self._workers:
             if worker.queue or worker.current is not None:
                 return True
-            if worker.held and _sort_held(worker.held, deadline)[0]:
+            if worker.held and any(not item.endpoint.unreachable for item in _sort_held(worker.held, deadline)[0]):
                 return True
         return False
 
@@ -787,7 +800,7 @@ class EventSender:
         for batch in batches:
             remaining = [item for item in leftovers if item.batch is batch]
             try:
-                dropped += self.spool.finish(batch.spool_batch, batch.endpoint.push_url, [item.record(fallback) for item in remaining])
+                dropped += self.spool.finish(batch.spool_batch, batch.endpoint.endpoint, [item.record(fallback) for item in remaining])
                 _tally(stored, batch.endpoint, remaining, fallback)
             except (SpoolError, OSError) as exc:
                 problem = '%s' % exc
@@ -801,7 +814,7 @@ class EventSender:
                 _tally(lost, endpoint, items, fallback)
                 continue
             try:
-                dropped += self.spool.write(endpoint.push_url, [item.record(fallback) for item in items])
+                dropped += self.spool.write(endpoint.endpoint, [item.record(fallback) for item in items])
                 _tally(stored, endpoint, items, fallback)
             except (SpoolError, OSError) as exc:
                 problem = '%s' % exc
@@ -864,29 +877,12 @@ def _events(count):
     return '1 change event' if count == 1 else '%d change events' % count
 
 
-def _reason(message, endpoint):
-    """A client error message without its 'Flashduty did not accept the change event at URL:' opening."""
-    message = endpoint.redact(message)
-    opening = 'Flashduty did not accept the change event at %s' % endpoint.masked
-    for separator in (': ', ' '):  # the client's redaction may have taken the colon with the key
-        if message.startswith(opening + separator):
-            return message[len(opening + separator):]
-    return message
-
-
 def _join(first, second):
     return '%s (%s)' % (first, second) if second else first
 
 
 def _last_problem(transport):
     return transport.last_problem if transport is not None else None
-
-
-def _secrets_in(push_url):
-    try:
-        return url_secrets(push_url)
-    except Exception:  # pylint: disable=broad-exception-caught
-        return ()
 
 
 def _all_secrets(endpoints):

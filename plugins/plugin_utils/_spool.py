@@ -11,7 +11,7 @@ Layout: one directory (0700), one JSON file (0600) per batch of events for one
 endpoint, named ``<stamp>.<fp16>.<count>.json``:
 
 - ``stamp`` (``<20-digit ns>-<pid>-<seq>``) sorts batches oldest first;
-- ``fp16`` is the start of the endpoint fingerprint (sha256 hex of the push
+- ``fp16`` is the start of the Endpoint's fingerprint (sha256 hex of the push
   URL): the URL holds the integration key, so neither is ever stored;
 - ``count`` is the number of events inside, so that bounding the spool and
   finding an endpoint's events need only a directory listing.
@@ -36,7 +36,6 @@ __metaclass__ = type
 
 import binascii
 import errno
-import hashlib
 import itertools
 import json
 import os
@@ -45,7 +44,6 @@ import stat
 import threading
 import time
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import mask_url, redact, url_secrets
 
 FORMAT = 'flashcat.flashduty.spool/1'
 DEFAULT_MAX_EVENTS = 1000
@@ -84,11 +82,6 @@ class SpoolError(Exception):
 
     def __str__(self):
         return self.message
-
-
-def fingerprint(push_url):
-    """The endpoint fingerprint stored instead of the push URL: sha256 hex of the URL."""
-    return hashlib.sha256(('%s' % (push_url,)).strip().encode('utf-8', 'surrogatepass')).hexdigest()
 
 
 def new_stamp():
@@ -166,10 +159,10 @@ class Spool:
         """True when a file may be claimed: not claimed, or claimed by a run that outlived the lease."""
         return entry['claimed'] is None or now - entry['claimed'] > self.lease
 
-    def pending(self, push_url=None):
-        """How many events wait for ``push_url`` (or for any endpoint): a directory listing, no file is read."""
+    def pending(self, endpoint=None):
+        """How many events wait for ``endpoint`` (or for any endpoint): a directory listing, no file is read."""
         now = time.time()
-        prefix = fingerprint(push_url)[:16] if push_url is not None else None
+        prefix = endpoint.fingerprint[:16] if endpoint is not None else None
         return sum(entry['count'] for entry in self._entries()
                    if (prefix is None or entry['fp'] == prefix) and self._available(entry, now))
 
@@ -268,23 +261,23 @@ class Spool:
             os.close(fd)
 
     @staticmethod
-    def _record(record, secrets):
+    def _record(record, endpoint):
         clean = dict(event=record['event'])
         clean['first_failure'] = round(float(record.get('first_failure') or time.time()), 3)
         clean['attempts'] = int(record.get('attempts') or 0)
-        clean['last_error'] = redact(record.get('last_error') or 'not delivered', secrets)
+        clean['last_error'] = endpoint.redact(record.get('last_error') or 'not delivered')
         return clean
 
-    def write(self, push_url, records):
-        """Add ``records`` (in delivery order) for ``push_url``; return how many old events were dropped.
+    def write(self, endpoint, records):
+        """Add ``records`` (in delivery order) for ``endpoint``; return how many old events were dropped.
 
         Each record is a dict: ``event`` (the event as it would be sent),
         ``first_failure`` (epoch seconds), ``last_error`` (text), ``attempts``.
         When the spool then holds more than ``max_events``, the oldest events go.
         """
-        return self._write_batch(push_url, records, new_stamp(), ignore=None)
+        return self._write_batch(endpoint, records, new_stamp(), ignore=None)
 
-    def _write_batch(self, push_url, records, stamp, ignore):
+    def _write_batch(self, endpoint, records, stamp, ignore):
         records = list(records)
         if not records:
             return 0
@@ -293,11 +286,9 @@ class Spool:
         if len(records) > self.max_events:
             dropped = len(records) - self.max_events
             records = records[dropped:]
-        secrets = url_secrets(push_url)
-        endpoint = fingerprint(push_url)
-        document = dict(format=FORMAT, endpoint=endpoint, endpoint_url=mask_url(push_url), spooled_at=round(time.time(), 3),
-                        records=[self._record(record, secrets) for record in records])
-        file_name = '%s.%s.%d.json' % (stamp, endpoint[:16], len(records))
+        document = dict(format=FORMAT, endpoint=endpoint.fingerprint, endpoint_url=endpoint.masked, spooled_at=round(time.time(), 3),
+                        records=[self._record(record, endpoint) for record in records])
+        file_name = '%s.%s.%d.json' % (stamp, endpoint.fingerprint[:16], len(records))
         try:
             self._write_file(file_name, document)
         except OSError as exc:
@@ -397,19 +388,18 @@ class Spool:
             raise ValueError('not a %s file' % FORMAT)
         return document
 
-    def claim(self, push_url):
-        """Claim every batch waiting for ``push_url``, oldest first.
+    def claim(self, endpoint):
+        """Claim every batch waiting for ``endpoint``, oldest first.
 
         Returns ``(batches, problems)``: SpoolBatch objects whose records are
         dicts like those given to write(), and messages about files that could
         not be read (renamed to ``*.corrupt`` so they are not tried again).
         """
-        endpoint = fingerprint(push_url)
         batches = []
         problems = []
         now = time.time()
         for entry in self._entries():
-            if entry['fp'] != endpoint[:16] or not self._available(entry, now):
+            if entry['fp'] != endpoint.fingerprint[:16] or not self._available(entry, now):
                 continue
             try:
                 claim_path = self._take(entry, now)
@@ -420,7 +410,7 @@ class Spool:
                 continue
             try:
                 document = self._load(claim_path)
-                if document.get('endpoint') != endpoint:
+                if document.get('endpoint') != endpoint.fingerprint:
                     # Another endpoint whose fingerprint starts the same way: give it back.
                     os.rename(claim_path, os.path.join(self.path, entry['name']))
                     continue
@@ -433,10 +423,10 @@ class Spool:
                 except OSError:
                     corrupt = claim_path
                 problems.append('ignored the unreadable Flashduty spool file %s (%s); it was left as %s'
-                                % (entry['name'], redact(exc, url_secrets(push_url)), corrupt))
+                                % (entry['name'], endpoint.redact(exc), corrupt))
                 continue
-            batches.append(SpoolBatch(self, entry['name'], entry['stamp'], endpoint, claim_path, records,
-                                      document.get('endpoint_url') or mask_url(push_url)))
+            batches.append(SpoolBatch(self, entry['name'], entry['stamp'], endpoint.fingerprint, claim_path, records,
+                                      document.get('endpoint_url') or endpoint.masked))
         return batches, problems
 
     def renew(self, batch):
@@ -451,7 +441,7 @@ class Spool:
         batch.claimed_at = now
         return True
 
-    def finish(self, batch, push_url, remaining=()):
+    def finish(self, batch, endpoint, remaining=()):
         """Release a claimed batch: write ``remaining`` records back under its stamp, then delete the claim.
 
         Returns how many old events were dropped to keep the bound. If the
@@ -463,6 +453,6 @@ class Spool:
             return 0
         dropped = 0
         if remaining:
-            dropped = self._write_batch(push_url, remaining, batch.stamp, ignore=os.path.basename(batch.claim_path))
+            dropped = self._write_batch(endpoint, remaining, batch.stamp, ignore=os.path.basename(batch.claim_path))
         self._unlink(batch.claim_path)
         return dropped

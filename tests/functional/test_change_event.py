@@ -379,3 +379,37 @@ def test_module_standalone_failure(repo_root, receiver, tmp_path):
     assert result["msg"].startswith("labels: ") and "at most 128" in result["msg"]
     assert receiver.requests == []
     assert_secret_free([receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)
+
+
+# --------------------------------------------------------------------------- ansible.cfg, the last source
+
+INI_PLAYBOOK = """
+- name: The [flashduty] section of ansible.cfg comes after the variables and the environment
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Send with nothing but ansible.cfg, or the environment when it is set
+      flashcat.flashduty.change_event:
+        change_key: "{{ key }}"
+        change_status: Done
+        title: From the configuration
+"""
+
+
+def test_push_url_from_ansible_cfg_after_the_environment(ansible_env, receiver, run_playbook, tmp_path):
+    env_receiver = Receiver(integration_key="d" * 32, quiet=True).start()
+    try:
+        # '%' in a push URL is not an interpolation, as for Ansible's own settings.
+        config = tmp_path / "ansible.cfg"
+        config.write_text("[flashduty]\npush_url = %s&note=100%%\n" % receiver.push_url, encoding="utf-8")
+        (tmp_path / "ini.yml").write_text(INI_PLAYBOOK, encoding="utf-8")
+        env = dict(ansible_env, ANSIBLE_CONFIG=str(config))
+        assert_ok(run_playbook([tmp_path / "ini.yml", "-e", "key=from-ini"], env=env))
+        env["FLASHDUTY_PUSH_URL"] = env_receiver.push_url
+        proc = run_playbook([tmp_path / "ini.yml", "-e", "key=from-env"], env=env)
+        assert_ok(proc)
+        assert [e["change_key"] for e in receiver.events] == ["from-ini"]
+        assert [e["change_key"] for e in env_receiver.events] == ["from-env"]
+        assert_secret_free([receiver.integration_key, env_receiver.integration_key], stdout=proc.stdout, stderr=proc.stderr)
+    finally:
+        env_receiver.stop()

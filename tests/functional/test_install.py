@@ -30,6 +30,7 @@ FORBIDDEN = re.compile(
 REQUIRED = (
     "MANIFEST.json", "FILES.json", "README.md", "meta/runtime.yml", "meta/execution-environment.yml",
     "plugins/modules/change_event.py", "plugins/action/change_event.py", "plugins/module_utils/_flashduty.py",
+    "plugins/module_utils/_client.py", "plugins/module_utils/_transport.py",
     "plugins/doc_fragments/connection.py", "roles/change/meta/argument_specs.yml", "roles/change/tasks/main.yml",
     "playbooks/send_change_event.yml", "docs/docsite/extra-docs.yml", "docs/docsite/links.yml",
 )

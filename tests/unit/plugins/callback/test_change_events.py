@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ansible_collections.flashcat.flashduty.plugins.callback import change_events
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play_vars
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import FlushReport
 
 URL_A = "https://flashduty.example.com/event/push/change/standard?integration_key=aaaa1111"
@@ -43,11 +43,11 @@ class FakeSender:
         self.calls = []
         self.messages = []
 
-    def submit(self, push_url, event):
-        self.calls.append(("submit", push_url, event))
+    def submit(self, endpoint, event):
+        self.calls.append(("submit", endpoint.url, event))
 
-    def replay(self, push_url):
-        self.calls.append(("replay", push_url))
+    def replay(self, endpoint):
+        self.calls.append(("replay", endpoint.url))
 
     def flush(self, timeout):
         self.calls.append(("flush", timeout))
@@ -96,7 +96,7 @@ class FakeVariableManager:
 
 
 class FakeReader:
-    """Stands for _play.PlayReader: hosts and per-host-set variables given by the test."""
+    """Stands for _play_vars.PlayReader: hosts and per-host-set variables given by the test."""
 
     hosts = []
     values = {}        # host name -> variables (the first host of each set is asked)
@@ -135,7 +135,7 @@ class Result:
 
 @pytest.fixture(autouse=True)
 def fake_reader(monkeypatch):
-    monkeypatch.setattr(_play, "PlayReader", FakeReader)
+    monkeypatch.setattr(_play_vars, "PlayReader", FakeReader)
     FakeReader.hosts = [FakeHost("web1", ["web", "prod"]), FakeHost("web2", ["web", "prod"]), FakeHost("stg1", ["staging"])]
     FakeReader.values = {"web1": {"flashduty_push_url": URL_A}, "stg1": {"flashduty_push_url": URL_A}}
     FakeReader.problems = {}
@@ -289,8 +289,8 @@ def test_muted_hosts_and_plays():
 
 
 def test_variable_problems_warn_once_and_do_not_report():
-    FakeReader.problems = {"web1": [_play.VariableProblem("flashduty_push_url", "Attempting to decrypt but no vault secrets found")],
-                           "stg1": [_play.VariableProblem("flashduty_push_url", "Attempting to decrypt but no vault secrets found")]}
+    FakeReader.problems = {"web1": [_play_vars.VariableProblem("flashduty_push_url", "Attempting to decrypt but no vault secrets found")],
+                           "stg1": [_play_vars.VariableProblem("flashduty_push_url", "Attempting to decrypt but no vault secrets found")]}
     callback = make()
     callback.v2_playbook_on_play_start(FakePlay())
     callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))

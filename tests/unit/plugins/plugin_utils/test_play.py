@@ -3,7 +3,7 @@
 
 import pytest
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH, build_event, mask_url, url_secrets
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH, build_event, endpoint_for, mask_url
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import (
     AUTOMATIC_LABELS,
@@ -184,11 +184,11 @@ def test_clean_user_labels_rewrites_names_and_drops_only_what_cannot_be_rewritte
 
 def test_clean_user_labels_masks_the_key():
     url = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "ab12" * 8
-    labels, warnings, masked = clean_user_labels({"url": url, "key": "ab12" * 8}, "label_vars", url_secrets(url))
+    labels, warnings, masked = clean_user_labels({"url": url, "key": "ab12" * 8}, "label_vars", endpoint_for(url).secrets)
     assert labels == {"url": mask_url(url), "key": "****"} and warnings == []
     # Named in the one warning of the event, with what build_event masks itself.
     assert masked == ["label_vars.url", "label_vars.key"]
-    assert build_event("Done", "k", "t " + url, labels=labels, secrets=url_secrets(url), masked=masked)[1] == [
+    assert build_event("Done", "k", "t " + url, labels=labels, secrets=endpoint_for(url).secrets, masked=masked)[1] == [
         "label_vars.url, label_vars.key, title held the Flashduty integration key or push URL; it was masked as ****. "
         "Never put the push URL or the key in event content"]
 

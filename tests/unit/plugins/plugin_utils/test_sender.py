@@ -13,7 +13,7 @@ import warnings
 import pytest
 from flashduty_receiver import PUSH_PATH, Receiver, closed_port
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import build_event
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import build_event, endpoint_for
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender, FlushReport
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool
 
@@ -24,6 +24,11 @@ def event(key, status="Processing", number=0):
     built, _warnings = build_event(status, key, "play %s #%d" % (key, number), labels={"n": number},
                                    event_time=1700000000 + number)
     return built
+
+
+def ep(push_url):
+    """The Endpoint of a URL, as the callback resolves it once."""
+    return endpoint_for(push_url)
 
 
 def key_of(push_url):
@@ -37,11 +42,11 @@ def dead_url(port=None, key=None):
 
 def spooled(spool, push_url):
     """The events waiting in the spool for push_url, in order (claims and gives them back)."""
-    batches, problems = spool.claim(push_url)
+    batches, problems = spool.claim(ep(push_url))
     assert problems == []
     events = [r["event"] for b in batches for r in b.records]
     for batch in batches:
-        spool.finish(batch, push_url, remaining=batch.records)
+        spool.finish(batch, ep(push_url), remaining=batch.records)
     return events
 
 
@@ -108,7 +113,7 @@ def test_idle_costs_nothing_and_submit_never_waits(receiver, make_sender):
     slowest = 0.0
     for number in range(20):
         started = time.monotonic()
-        sender.submit(receiver.push_url, event("idle-%d" % (number % 8), number=number))
+        sender.submit(ep(receiver.push_url), event("idle-%d" % (number % 8), number=number))
         slowest = max(slowest, time.monotonic() - started)
     assert slowest < 0.05
     threads = sender_threads()
@@ -130,7 +135,7 @@ def test_2000_events_exactly_once_and_in_order_per_change(receiver, make_sender)
         key = "change-%d" % (number % 100)
         status = "Processing" if number < 1000 else "Done"
         sent.append((key, number))
-        sender.submit(receiver.push_url, event(key, status, number))
+        sender.submit(ep(receiver.push_url), event(key, status, number))
     report = sender.flush(30)
     assert (report.delivered, report.failed, report.spooled, report.timed_out) == (2000, 0, 0, False), report.summary()
     got = [(e["change_key"], int(e["labels"]["n"])) for e in receiver.events]
@@ -146,7 +151,7 @@ def test_rate_limit_is_shared_by_all_threads(receiver, make_sender):
     sender = make_sender(max_rate=30, concurrency=4)
     started = time.monotonic()
     for number in range(60):
-        sender.submit(receiver.push_url, event("rate-%d" % number, number=number))
+        sender.submit(ep(receiver.push_url), event("rate-%d" % number, number=number))
     report = sender.flush(10)
     elapsed = time.monotonic() - started
     assert report.delivered == 60
@@ -181,10 +186,12 @@ def test_transient_faults_are_retried(make_sender):
         refused_key = secrets.token_hex(16)
         sender = make_sender(client_options=dict(FAST, timeout=0.5), concurrency=10)
         for rcv in receivers.values():
-            sender.submit(rcv.push_url, event("fault", number=1))
-        sender.submit(dead_url(refused_port, refused_key), event("fault", number=1))
+            sender.submit(ep(rcv.push_url), event("fault", number=1))
+        sender.submit(ep(dead_url(refused_port, refused_key)), event("fault", number=1))
         time.sleep(0.1)
         receivers["refused"] = Receiver(integration_key=refused_key, port=refused_port, quiet=True).start()
+        # Retried while the run goes on: at the flush, an endpoint still refusing is spooled at once instead.
+        assert wait_until(lambda: all(rcv.events for rcv in receivers.values()), timeout=10)
         report = sender.flush(10)
         assert (report.delivered, report.failed, report.spooled) == (10, 0, 0), (report.summary(), sender.drain_messages())
         assert sender.drain_messages() == []
@@ -203,9 +210,9 @@ def test_refusals_are_not_retried_and_warn_once_each(receiver, make_sender, spoo
         receiver.add_fault("status", status=status)
     sender = make_sender(concurrency=1, spool=spool)
     for number in range(4):
-        sender.submit(receiver.push_url, event("refused-%d" % number, "Done", number))
+        sender.submit(ep(receiver.push_url), event("refused-%d" % number, "Done", number))
     wrong_key = receiver.push_url.replace(receiver.integration_key, "0" * 32)
-    sender.submit(wrong_key, event("wrong-key", "Done", 5))
+    sender.submit(ep(wrong_key), event("wrong-key", "Done", 5))
     report = sender.flush(10)
     assert (report.delivered, report.failed, report.spooled) == (0, 5, 0)
     requests = receiver.requests
@@ -226,7 +233,7 @@ def test_refusal_warnings_are_capped_per_endpoint(receiver, make_sender):
     receiver.add_fault("status", status=401, times=None)
     sender = make_sender(concurrency=2, warn_limit=3)
     for number in range(8):
-        sender.submit(receiver.push_url, event("capped-%d" % number, number=number))
+        sender.submit(ep(receiver.push_url), event("capped-%d" % number, number=number))
     assert sender.flush(10).failed == 8
     messages = sender.drain_messages()
     assert len(messages) == 4
@@ -240,7 +247,7 @@ def test_flush_deadline_holds_against_a_black_hole(receiver, make_sender, spool)
     receiver.add_fault("blackhole", times=None, hold=15)
     sender = make_sender(client_options=dict(FAST, timeout=10.0), spool=spool)
     for number in range(6):
-        sender.submit(receiver.push_url, event("hole-%d" % (number % 3), number=number))
+        sender.submit(ep(receiver.push_url), event("hole-%d" % (number % 3), number=number))
     assert wait_until(lambda: len(receiver.requests) >= 2)  # requests in flight
     started = time.monotonic()
     report = sender.flush(1.0)
@@ -261,7 +268,7 @@ def test_flush_deadline_interrupts_retry_sleeps(receiver, make_sender, spool, fa
     receiver.add_fault(**fault)
     sender = make_sender(client_options=dict(FAST, retries=10), spool=spool)
     for number in range(3):
-        sender.submit(receiver.push_url, event("sleepy", number=number))
+        sender.submit(ep(receiver.push_url), event("sleepy", number=number))
     assert wait_until(lambda: len(receiver.requests) >= 1)
     started = time.monotonic()
     report = sender.flush(1.0)
@@ -277,19 +284,19 @@ def test_flush_deadline_interrupts_retry_sleeps(receiver, make_sender, spool, fa
 def test_a_failed_event_keeps_the_rest_of_its_change_behind_it(receiver, make_sender, spool):
     receiver.add_fault("status", status=503, times=None)
     sender = make_sender(client_options=dict(FAST, retries=1), spool=spool)
-    sender.submit(receiver.push_url, event("ordered", "Processing", 1))
+    sender.submit(ep(receiver.push_url), event("ordered", "Processing", 1))
     assert wait_until(lambda: any(worker.held for worker in sender._workers))  # both attempts failed
     assert len(receiver.requests) == 2
     receiver.clear_faults()  # too late: Done must not overtake its Processing
-    sender.submit(receiver.push_url, event("ordered", "Done", 2))
-    sender.submit(receiver.push_url, event("another", "Done", 3))
+    sender.submit(ep(receiver.push_url), event("ordered", "Done", 2))
+    sender.submit(ep(receiver.push_url), event("another", "Done", 3))
     report = sender.flush(1.0)
     assert report.delivered == 0 and report.spooled == 3 and not report.timed_out  # the endpoint is resting: no waiting
     assert receiver.events == []
     assert [(e["change_key"], e["change_status"]) for e in spooled(spool, receiver.push_url)] == [
         ("ordered", "Processing"), ("ordered", "Done"), ("another", "Done")]
     # After flush too, later events of a spooled change go to the spool behind it.
-    sender.submit(receiver.push_url, event("ordered", "Canceled", 4))
+    sender.submit(ep(receiver.push_url), event("ordered", "Canceled", 4))
     assert sender.flush(1.0).spooled == 4
     assert receiver.events == []
 
@@ -297,10 +304,10 @@ def test_a_failed_event_keeps_the_rest_of_its_change_behind_it(receiver, make_se
 def test_an_endpoint_that_comes_back_gets_everything_in_order(receiver, make_sender, spool):
     receiver.add_fault("status", status=503, times=2)  # exactly the two attempts of the first event
     sender = make_sender(client_options=dict(FAST, retries=1), spool=spool, retry_pause=0.3)
-    sender.submit(receiver.push_url, event("comeback", "Processing", 1))
+    sender.submit(ep(receiver.push_url), event("comeback", "Processing", 1))
     assert wait_until(lambda: len(receiver.requests) >= 2)
-    sender.submit(receiver.push_url, event("comeback", "Done", 2))
-    sender.submit(receiver.push_url, event("other", "Done", 3))
+    sender.submit(ep(receiver.push_url), event("comeback", "Done", 2))
+    sender.submit(ep(receiver.push_url), event("other", "Done", 3))
     report = sender.flush(5)
     assert (report.delivered, report.spooled) == (3, 0), sender.drain_messages()
     statuses = [(e["change_key"], e["change_status"]) for e in receiver.events]
@@ -313,24 +320,24 @@ def test_spooled_events_go_first_next_run_and_only_once(make_sender, spool):
     url = dead_url(port, key)
     other = dead_url(port, secrets.token_hex(16))
     first = make_sender(spool=spool, client_options=dict(FAST, retries=0))
-    first.submit(url, event("replayed", "Processing", 1))
-    first.submit(other, event("elsewhere", "Processing", 1))
+    first.submit(ep(url), event("replayed", "Processing", 1))
+    first.submit(ep(other), event("elsewhere", "Processing", 1))
     assert first.flush(2).spooled == 2
     first.close()
-    assert spool.pending(url) == 1 and spool.pending(other) == 1  # each waits for its own endpoint
+    assert spool.pending(ep(url)) == 1 and spool.pending(ep(other)) == 1  # each waits for its own endpoint
 
     # The endpoint is back: the next run replays before its own events of that change.
     with Receiver(integration_key=key, port=port, quiet=True) as back:
         second = make_sender(spool=Spool(spool.path))
-        second.replay(url)
-        second.submit(url, event("replayed", "Done", 2))
-        second.replay(url)  # once per run: a second call does nothing
+        second.replay(ep(url))
+        second.submit(ep(url), event("replayed", "Done", 2))
+        second.replay(ep(url))  # once per run: a second call does nothing
         report = second.flush(5)
         assert (report.delivered, report.replayed, report.spooled) == (2, 1, 0)
         assert [(e["change_status"], e["event_time"]) for e in back.events] == [("Processing", 1700000001), ("Done", 1700000002)]
-        assert spool.pending(url) == 0 and spool.total() == 1  # the other endpoint's event still waits
+        assert spool.pending(ep(url)) == 0 and spool.total() == 1  # the other endpoint's event still waits
         third = make_sender(spool=Spool(spool.path))
-        third.replay(url)
+        third.replay(ep(url))
         assert not sender_threads_of(third)  # nothing to replay: no thread started
         assert third.flush(2).delivered == 0 and len(back.events) == 2  # nothing delivered twice
 
@@ -341,26 +348,26 @@ def sender_threads_of(sender):
 
 def test_a_replay_that_fails_again_goes_back_in_order(receiver, make_sender, spool):
     url = receiver.push_url
-    spool.write(url, [dict(event=event("again", "Processing", 1), first_failure=1700000005.0, attempts=4, last_error="HTTP 503")])
-    spool.write(url, [dict(event=event("again", "Done", 2), first_failure=1700000006.0, attempts=4, last_error="HTTP 503")])
+    spool.write(ep(url), [dict(event=event("again", "Processing", 1), first_failure=1700000005.0, attempts=4, last_error="HTTP 503")])
+    spool.write(ep(url), [dict(event=event("again", "Done", 2), first_failure=1700000006.0, attempts=4, last_error="HTTP 503")])
     oldest = sorted(os.listdir(spool.path))[0].split(".")[0]
     receiver.add_fault("status", status=503, times=None)
     run = make_sender(spool=Spool(spool.path), client_options=dict(FAST, retries=0))
-    run.replay(url)
-    run.submit(url, event("again", "Canceled", 3))
+    run.replay(ep(url))
+    run.submit(ep(url), event("again", "Canceled", 3))
     report = run.flush(2)
     assert (report.delivered, report.spooled) == (0, 3)
     names = sorted(os.listdir(spool.path))
     assert names[0].split(".")[0] == oldest  # given back in its old place
-    batches, _problems = spool.claim(url)
+    batches, _problems = spool.claim(ep(url))
     records = [r for b in batches for r in b.records]
     assert [r["event"]["change_status"] for r in records] == ["Processing", "Done", "Canceled"]
     assert records[0]["first_failure"] == 1700000005.0 and records[0]["attempts"] == 5  # history kept
     for batch in batches:
-        spool.finish(batch, url, batch.records)
+        spool.finish(batch, ep(url), batch.records)
     receiver.clear_faults()
     last = make_sender(spool=Spool(spool.path))
-    last.replay(url)
+    last.replay(ep(url))
     assert last.flush(5).delivered == 3
     assert [e["change_status"] for e in receiver.events] == ["Processing", "Done", "Canceled"]
     assert os.listdir(spool.path) == []
@@ -368,13 +375,13 @@ def test_a_replay_that_fails_again_goes_back_in_order(receiver, make_sender, spo
 
 def test_a_long_replay_keeps_its_claim_and_lets_go_when_taken_over(receiver, make_sender, spool):
     url = receiver.push_url
-    spool.write(url, [dict(event=event("slow", "Done", 1), first_failure=1700000005.0, attempts=1, last_error="HTTP 503")])
+    spool.write(ep(url), [dict(event=event("slow", "Done", 1), first_failure=1700000005.0, attempts=1, last_error="HTTP 503")])
     receiver.add_fault("blackhole", times=None, hold=10)
     sender = make_sender(spool=Spool(spool.path, lease=2.0), client_options=dict(FAST, timeout=10.0))
-    sender.replay(url)
+    sender.replay(ep(url))
     assert wait_until(lambda: len(receiver.requests) >= 1)
     time.sleep(2.5)  # past the lease: the claim was renewed meanwhile
-    assert Spool(spool.path, lease=2.0).claim(url) == ([], [])
+    assert Spool(spool.path, lease=2.0).claim(ep(url)) == ([], [])
     assert spool.total() == 1
     # Another run takes it over anyway (say this one had been stopped for longer than the lease).
     claimed = [name for name in os.listdir(spool.path) if ".claim-" in name][0]
@@ -388,7 +395,7 @@ def test_a_long_replay_keeps_its_claim_and_lets_go_when_taken_over(receiver, mak
 def test_without_a_spool_leftovers_are_only_warned_about(make_sender):
     url = dead_url()
     sender = make_sender(client_options=dict(FAST, retries=0))
-    sender.submit(url, event("nospool", number=1))
+    sender.submit(ep(url), event("nospool", number=1))
     report = sender.flush(2)
     assert (report.spooled, report.lost) == (0, 1)
     messages = sender.drain_messages()
@@ -402,7 +409,7 @@ def test_a_full_spool_drops_the_oldest_with_one_warning(make_sender, tmp_path):
     sender = make_sender(spool=small, client_options=dict(FAST, retries=0), concurrency=1)
     url = dead_url()
     for number in range(8):
-        sender.submit(url, event("full", number=number))
+        sender.submit(ep(url), event("full", number=number))
     report = sender.flush(2)
     assert (report.spooled, report.dropped) == (8, 3)
     messages = sender.drain_messages()
@@ -417,9 +424,9 @@ def test_the_key_never_leaks(receiver, make_sender, spool):
     receiver.add_fault("status", status=400, message="integration_key %s is not a valid one" % key)
     receiver.add_fault("status", status=500, times=None, message="upstream %s failed for %s" % (key, receiver.push_url))
     sender = make_sender(spool=spool, client_options=dict(FAST, retries=1), concurrency=1)
-    sender.submit(receiver.push_url, event("leak", "Processing", 1))
-    sender.submit(receiver.push_url, event("leak", "Done", 2))
-    sender.submit(dead_url(key=key), event("leak", "Done", 3))
+    sender.submit(ep(receiver.push_url), event("leak", "Processing", 1))
+    sender.submit(ep(receiver.push_url), event("leak", "Done", 2))
+    sender.submit(ep(dead_url(key=key)), event("leak", "Done", 3))
     report = sender.flush(3)
     assert (report.failed, report.spooled) == (1, 2)
     messages = sender.drain_messages()
@@ -436,9 +443,9 @@ def test_nothing_raises_on_bad_input(make_sender, tmp_path):
     blocked.write_text("x")  # a file now where the spool directory should be: Spool() itself refuses one there
     sender = make_sender(spool=spool)
     sender.submit(None, None)
-    sender.submit("not a url", event("bad"))
-    sender.submit("http://127.0.0.1:1/x?integration_key=secretsecret", {"change_key": object()})
-    sender.replay("http://127.0.0.1:1/x?integration_key=secretsecret")
+    sender.submit(ep("not a url"), event("bad"))
+    sender.submit(ep("http://127.0.0.1:1/x?integration_key=secretsecret"), {"change_key": object()})
+    sender.replay(ep("http://127.0.0.1:1/x?integration_key=secretsecret"))
     report = sender.flush(2)
     assert isinstance(report, FlushReport) and report.delivered == 0
     messages = sender.drain_messages()
@@ -448,7 +455,7 @@ def test_nothing_raises_on_bad_input(make_sender, tmp_path):
 
 def test_a_forked_child_inherits_nothing_running(receiver, make_sender):
     sender = make_sender()
-    sender.submit(receiver.push_url, event("fork", number=1))
+    sender.submit(ep(receiver.push_url), event("fork", number=1))
     assert sender.flush(5).delivered == 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded, use of fork()": the point of the test
@@ -457,7 +464,7 @@ def test_a_forked_child_inherits_nothing_running(receiver, make_sender):
         code = 1
         try:
             signal.alarm(5)
-            sender.submit(receiver.push_url, event("fork", number=2))
+            sender.submit(ep(receiver.push_url), event("fork", number=2))
             report = sender.flush(1)
             code = 0 if report.delivered == 0 and not sender_threads() else 3
         finally:
@@ -472,14 +479,14 @@ def test_a_forked_child_inherits_nothing_running(receiver, make_sender):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     assert done and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-    sender.submit(receiver.push_url, event("fork", number=3))  # the parent goes on as before
+    sender.submit(ep(receiver.push_url), event("fork", number=3))  # the parent goes on as before
     assert sender.flush(5).delivered == 2 and len(receiver.events) == 2
 
 
 def test_close_does_not_wait_and_a_later_flush_spools(receiver, make_sender, spool):
     receiver.add_fault("blackhole", times=None, hold=10)
     sender = make_sender(spool=spool, client_options=dict(FAST, timeout=10.0))
-    sender.submit(receiver.push_url, event("closing", number=1))
+    sender.submit(ep(receiver.push_url), event("closing", number=1))
     assert wait_until(lambda: len(receiver.requests) >= 1)
     threads = sender_threads_of(sender)
     started = time.monotonic()
@@ -490,3 +497,16 @@ def test_close_does_not_wait_and_a_later_flush_spools(receiver, make_sender, spo
         assert not thread.is_alive()
     report = sender.flush(5)
     assert report.spooled == 1 and time.monotonic() - started < 1.0
+
+
+def test_at_the_flush_an_endpoint_that_refuses_connections_is_spooled_at_once(make_sender, spool):
+    url = dead_url()
+    sender = make_sender(spool=spool)  # 3 retries: the backoff alone would take 1.75 s or more
+    sender.submit(ep(url), event("refused", "Processing", 1))
+    sender.submit(ep(url), event("refused", "Done", 2))
+    sender.submit(ep(url), event("other", "Done", 3))
+    started = time.monotonic()
+    report = sender.flush(5)
+    assert time.monotonic() - started < 0.5
+    assert (report.delivered, report.spooled, report.timed_out) == (0, 3, False)
+    assert [e["change_status"] for e in spooled(spool, url) if e["change_key"] == "refused"] == ["Processing", "Done"]

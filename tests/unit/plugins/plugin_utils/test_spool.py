@@ -10,11 +10,12 @@ import time
 import pytest
 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _spool
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError, fingerprint
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import endpoint_for
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError
 
 KEY = "5ec2e7" + "0123456789abcdef" * 2
-URL = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + KEY
-OTHER_URL = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "f" * 32
+URL = endpoint_for("https://api.flashcat.cloud/event/push/change/standard?integration_key=" + KEY)
+OTHER_URL = endpoint_for("https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "f" * 32)
 
 
 def record(index, key="change-1", error=None):
@@ -154,9 +155,9 @@ def test_links_and_fifos_planted_inside_are_never_followed(tmp_path):
     spool = Spool(tmp_path / "spool")
     spool.write(URL, [record(0)])
     secret = tmp_path / "secret.json"
-    secret.write_text(json.dumps({"format": "flashcat.flashduty.spool/1", "endpoint": fingerprint(URL), "records": []}))
+    secret.write_text(json.dumps({"format": "flashcat.flashduty.spool/1", "endpoint": URL.fingerprint, "records": []}))
     os.chmod(secret, 0o640)
-    planted_link, planted_fifo = ("%s.%s.1.json" % (_spool.new_stamp(), fingerprint(URL)[:16]) for _number in range(2))
+    planted_link, planted_fifo = ("%s.%s.1.json" % (_spool.new_stamp(), URL.fingerprint[:16]) for _number in range(2))
     os.symlink(secret, os.path.join(spool.path, planted_link))
     os.mkfifo(os.path.join(spool.path, planted_fifo))
     started = time.monotonic()
@@ -177,13 +178,13 @@ def test_path_that_is_a_file_is_a_clear_error(tmp_path):
 
 def test_no_key_and_no_url_in_any_file(tmp_path):
     spool = Spool(tmp_path / "spool")
-    leaky = "HTTP 500 InternalError: bad key " + KEY + " in " + URL  # a server that echoes the key back
+    leaky = "HTTP 500 InternalError: bad key " + KEY + " in " + URL.url  # a server that echoes the key back
     spool.write(URL, [record(0, error=leaky), record(1)])
     batches, _problems = spool.claim(URL)
     spool.finish(batches[0], URL, remaining=batches[0].records)
     data = all_bytes(spool.path)
     assert KEY.encode() not in data and b"integration_key=5ec" not in data
-    assert fingerprint(URL).encode() in data  # the endpoint is known only by its fingerprint
+    assert URL.fingerprint.encode() in data  # the endpoint is known only by its fingerprint
     document = json.loads(data.split(b"\n", 1)[1])
     assert document["format"] == "flashcat.flashduty.spool/1"
     assert set(document) == {"format", "endpoint", "endpoint_url", "spooled_at", "records"}

@@ -1,0 +1,258 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Delivering one change event: Flashduty's verdict on an answer, retries, and the change_event task.
+
+Private to this collection: not a public API, may change without notice.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import email.utils
+import json
+import random
+import re
+import time
+
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TOTAL_TIMEOUT,
+    ERROR_HINTS,
+    OPTION_RANGES,
+    FlashdutyError,
+    build_event,
+    option_problem,
+    resolve_endpoint,
+    shown,
+    url_warnings,
+)
+from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, StaleConnection, TransportError
+
+RETRYABLE_STATUS = frozenset((429, 500, 502, 503, 504))
+RETRYABLE_CODES = frozenset(('RequestTooFrequently', 'InternalError'))
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 8.0
+RETRY_AFTER_MAX = 60.0
+REQUEST_ID_HEADER = 'Flashcat-Request-Id'
+UNREACHABLE_HINT = 'check that this machine can reach the Flashduty API (egress, proxy, DNS)'
+
+
+class Delivery:
+    """What Flashduty answered to an accepted event."""
+
+    __slots__ = ('request_id', 'status_code', 'attempts', 'data')
+
+    def __init__(self, request_id, status_code, attempts, data=None):
+        self.request_id = request_id
+        self.status_code = status_code
+        self.attempts = attempts
+        self.data = data
+
+
+def backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_MAX, rand=random.random):
+    """Delay before retry number ``attempt`` (1-based): exponential, with equal jitter."""
+    ceiling = min(cap, base * (2 ** (attempt - 1)))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def parse_retry_after(value, now=None):
+    """Seconds to wait from a Retry-After header (seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if re.match(r'^\d+(\.\d+)?$', value):
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    now = time.time() if now is None else now
+    return max(0.0, moment.timestamp() - now)
+
+
+def describe_answer(answer):
+    """Flashduty's verdict on one answer, as the server wrote it: ``(request_id, error_code, message, data)``.
+
+    Nothing here is redacted: see Verdict for what may be shown.
+    """
+    request_id = answer.headers.get(REQUEST_ID_HEADER) if answer.headers is not None else None
+    code = message = data = None
+    try:
+        document = json.loads(answer.body.decode('utf-8')) if answer.body else None
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        request_id = document.get('request_id') or request_id
+        error = document.get('error')
+        if isinstance(error, dict):
+            code = error.get('code') or 'UnknownError'
+            message = error.get('message') or ''
+        elif error:
+            code, message = 'UnknownError', '%s' % (error,)
+        data = document.get('data')
+    elif 300 <= answer.status < 400:
+        code = 'Redirect'
+        location = answer.headers.get('Location') if answer.headers is not None else None
+        message = 'the push URL redirects%s: copy the push URL again from the Flashduty integration page' % (
+            ' to %s' % location if location else '')
+    elif answer.status < 300:
+        code, message = 'InvalidResponse', 'the answer was not Flashduty JSON: is this the Flashduty push URL, or a proxy page?'
+    return request_id, code, message, data
+
+
+class FlashdutyClient:
+    """Sends change events to one Endpoint, retrying what is transient.
+
+    Retries timeouts, connection failures, 429 (honouring Retry-After) and
+    500/502/503/504 with exponential backoff and jitter, up to ``retries``
+    times and never past the ``deadline`` given to send(). ``timeout`` bounds
+    each attempt in wall-clock time, whatever the server does. Other answers
+    fail at once. Everything taken from an answer is redacted and made one line.
+    """
+
+    def __init__(self, endpoint, timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES, validate_certs=True, ca_path=None,
+                 sleep=time.sleep, transport=None):
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.retries = max(0, int(retries))
+        self._sleep = sleep
+        self.transport = transport or HttpTransport(endpoint, validate_certs, ca_path)
+
+    def close(self):
+        self.transport.close()
+
+    def send(self, event, deadline=None, deadline_name='the deadline'):
+        """Deliver ``event``; return a Delivery or raise FlashdutyError.
+
+        ``deadline`` (a time.monotonic() value) bounds everything, retries
+        included; ``deadline_name`` says what it is in messages ("the
+        total_timeout of 30 s").
+        """
+        body = json.dumps(event, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome, wait = self._attempt(body, attempt, deadline, deadline_name)
+            if isinstance(outcome, Delivery):
+                return outcome
+            if not outcome.retryable or attempt > self.retries:
+                raise self._final(outcome, attempt)
+            if wait is None:
+                wait = backoff_delay(attempt)
+            if deadline is not None and time.monotonic() + wait >= deadline:
+                outcome.reason += '; no time left for another attempt within %s' % deadline_name
+                raise self._final(outcome, attempt)
+            self._sleep(wait)
+
+    def _attempt(self, body, attempt, deadline, deadline_name):
+        """One attempt: ``(Delivery, None)`` or ``(FlashdutyError not yet final, seconds to wait or None)``."""
+        attempt_deadline = time.monotonic() + self.timeout
+        limit = 'the timeout of %.1f s' % self.timeout
+        if deadline is not None and deadline < attempt_deadline:
+            attempt_deadline, limit = deadline, deadline_name
+        try:
+            try:
+                answer = self.transport.post(body, attempt_deadline)
+            except StaleConnection:
+                answer = self.transport.post(body, attempt_deadline)
+        except TransportError as exc:
+            reason = exc.reason + (' within %s' % limit if exc.timed_out else '')
+            return FlashdutyError(reason, retryable=True, unreachable=exc.unreachable), None
+        except StaleConnection:
+            return FlashdutyError('the connection to %s was closed twice before an answer' % self.endpoint.host, retryable=True), None
+        except FlashdutyError as exc:  # what no retry mends: a TLS certificate that does not verify
+            return exc, None
+        request_id, code, message, data = describe_answer(answer)
+        secrets = self.endpoint.secrets
+        request_id = shown(request_id, secrets, 100) if request_id else None
+        if 200 <= answer.status < 300 and code is None:
+            return Delivery(request_id, answer.status, attempt, data), None
+        code = shown(code, secrets, 60) if code else None
+        wait = None
+        if answer.status == 429:
+            wait = parse_retry_after(answer.headers.get('Retry-After'))
+            if wait is not None:
+                wait = min(wait, RETRY_AFTER_MAX)
+        reason = ' '.join(part for part in ('HTTP %d' % answer.status, code) if part)
+        if message:
+            reason += ': %s' % shown(message, secrets)
+        retryable = answer.status in RETRYABLE_STATUS or code in RETRYABLE_CODES
+        return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable), wait
+
+    def _final(self, error, attempts):
+        """The error as reported: the endpoint, the reason, request_id, attempts and what to check."""
+        text = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(error, attempts))
+        error.message = text
+        error.args = (text,)
+        return error
+
+
+def explain(error, attempts=1):
+    """A delivery error's reason with its request_id, the attempts made and what to check."""
+    text = error.reason
+    if error.request_id:
+        text += ' (request_id: %s)' % error.request_id
+    if attempts > 1:
+        text += ' after %d attempts' % attempts
+    hint = ERROR_HINTS.get(error.code)
+    if hint is None and error.status_code is None and error.retryable:
+        hint = UNREACHABLE_HINT
+    if hint:
+        text += '; %s' % hint
+    return text
+
+
+def run_change_event(params, check_mode, *fallback_endpoints):
+    """The change_event task, from its validated ``params`` to an Ansible result dict.
+
+    The endpoint comes from ``params`` first, then from each fallback source
+    in turn (see resolve_endpoint); ``event_time`` defaults to now. The result
+    carries ``failed``, ``msg`` and ``warnings`` as Ansible expects.
+    """
+    result = dict(changed=False)
+    for name in ('timeout', 'retries', 'total_timeout'):
+        problem = option_problem(name, params.get(name, OPTION_RANGES[name][3]))
+        if problem is not None:
+            result.update(failed=True, msg=problem)
+            return result
+    try:
+        endpoint = resolve_endpoint(params, *fallback_endpoints)
+        result['endpoint'] = endpoint.masked
+        event_time = params.get('event_time')
+        event, warnings = build_event(
+            change_status=params['change_status'], change_key=params['change_key'], title=params['title'],
+            description=params.get('description'), link=params.get('link'), labels=params.get('labels'),
+            event_time=time.time() if event_time is None else event_time, secrets=endpoint.secrets)
+    except FlashdutyError as exc:
+        result.update(failed=True, msg=exc.message)
+        return result
+    result.update(event=event, warnings=url_warnings(endpoint, params.get('validate_certs', True)) + warnings)
+    if check_mode:
+        result.update(changed=True, msg='check mode: the change event is valid and was not sent')
+        return result
+    client = None
+    total_timeout = params.get('total_timeout', DEFAULT_TOTAL_TIMEOUT)
+    try:
+        client = FlashdutyClient(endpoint, timeout=params['timeout'], retries=params['retries'],
+                                 validate_certs=params['validate_certs'], ca_path=params['ca_path'])
+        delivery = client.send(event, deadline=time.monotonic() + total_timeout,
+                               deadline_name='the total_timeout of %.1f s' % total_timeout)
+    except FlashdutyError as exc:
+        result.update(failed=True, msg=exc.message, request_id=exc.request_id, status_code=exc.status_code)
+        return result
+    finally:
+        if client is not None:
+            client.close()
+    result.update(changed=True, request_id=delivery.request_id, status_code=delivery.status_code,
+                  msg='Flashduty accepted the %s event for change %s' % (event['change_status'], event['change_key']))
+    return result

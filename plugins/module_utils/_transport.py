@@ -1,0 +1,271 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""One kept-alive HTTP(S) connection to a Flashduty endpoint, every request bounded by a deadline.
+
+Private to this collection: not a public API, may change without notice.
+
+``http.client`` speaks HTTP, opens proxy tunnels and TLS; what is added here is
+a wall-clock deadline that no server can stretch. Socket timeouts bound one
+read, so a server sending one byte every half second never times out: every
+read of an answer (the proxy's answer to CONNECT included) is given only the
+time left before the deadline. Connecting, the TLS handshake and sending are
+each bounded by the time left as a whole by the standard library itself.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import base64
+import io
+import socket
+import ssl
+import time
+from urllib.parse import unquote, urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+try:
+    import http.client as http_client
+except ImportError:  # pragma: no cover - Python 2 is not supported
+    http_client = None
+
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import FlashdutyError, shown
+
+USER_AGENT = 'flashcat.flashduty-ansible'
+# Flashduty's answers are a few hundred bytes: more is a proxy page or worse, never kept whole.
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class Answer:
+    """An HTTP answer: ``status``, ``headers`` (an email.message.Message: any case) and ``body`` (at most MAX_ANSWER_BYTES)."""
+
+    __slots__ = ('status', 'headers', 'body')
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class TransportError(Exception):
+    """No usable answer, worth another try: ``reason`` is redacted; ``unreachable`` as in FlashdutyError;
+    ``timed_out`` when the deadline came first."""
+
+    def __init__(self, reason, unreachable=False, timed_out=False):
+        super(TransportError, self).__init__(reason)
+        self.reason = reason
+        self.unreachable = unreachable
+        self.timed_out = timed_out
+
+
+class StaleConnection(Exception):
+    """A kept-alive connection the server had closed while idle: send again on a new one, not a failed attempt."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's reader, given only the time left before the deadline for each read."""
+
+    def __init__(self, socket_io, sock, deadline):
+        super(_DeadlineReader, self).__init__()
+        self._socket_io = socket_io
+        self._sock = sock
+        self._deadline = deadline
+        self.ended = False  # the peer closed the connection
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout('deadline reached')
+        self._sock.settimeout(remaining)
+        count = self._socket_io.readinto(buffer)
+        if not count:
+            self.ended = True
+        return count
+
+    def close(self):
+        if not self.closed:
+            self._socket_io.close()
+        super(_DeadlineReader, self).close()
+
+
+class _Answer(http_client.HTTPResponse if http_client else object):
+    """http.client's response, reading through a _DeadlineReader."""
+
+    def __init__(self, sock, debuglevel=0, method=None, url=None, deadline=None):
+        super(_Answer, self).__init__(sock, debuglevel, method, url)
+        # Keep http.client's socket reader (it keeps the socket open while the answer is read) under our deadline.
+        self.reader = _DeadlineReader(self.fp.detach(), sock, deadline)
+        self.fp = io.BufferedReader(self.reader)
+
+
+class _Deadlines:
+    """Mixed into http.client's connections: each request has a ``deadline`` (a time.monotonic() value)."""
+
+    deadline = 0.0
+
+    def remaining(self):
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout('deadline reached')
+        return remaining
+
+    def response_class(self, sock, debuglevel=0, method=None, url=None):
+        return _Answer(sock, debuglevel, method, url, deadline=self.deadline)
+
+
+class _HTTPConnection(_Deadlines, http_client.HTTPConnection if http_client else object):
+    pass
+
+
+class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection if http_client else object):
+
+    def connect(self):
+        # As http.client does, but the handshake gets only what is left after connecting and tunnelling.
+        http_client.HTTPConnection.connect(self)
+        self.sock.settimeout(self.remaining())
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
+
+
+class HttpTransport:
+    """One keep-alive HTTP(S) connection to an Endpoint.
+
+    Honours ``https_proxy``/``http_proxy``/``no_proxy`` like curl and urllib do,
+    with credentials in the proxy URL. Not thread-safe: each sending thread owns
+    one; ``interrupt()`` may be called from another thread.
+    """
+
+    def __init__(self, endpoint, validate_certs=True, ca_path=None):
+        self.endpoint = endpoint
+        self.host = endpoint.host
+        self._https = endpoint.scheme == 'https'
+        self._ssl_context = _ssl_context(validate_certs, ca_path) if self._https else None
+        self._proxy = _proxy_for(endpoint.scheme, endpoint.host)
+        self._target = endpoint.target
+        self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': USER_AGENT}
+        self._proxy_headers = {}
+        if self._proxy is not None and self._proxy.username:
+            token = '%s:%s' % (unquote(self._proxy.username), unquote(self._proxy.password or ''))
+            self._proxy_headers['Proxy-Authorization'] = 'Basic ' + base64.b64encode(token.encode('utf-8')).decode('ascii')
+        if self._proxy is not None and not self._https:
+            # A plain-http proxy is asked for the absolute URL instead of tunnelling.
+            self._target = endpoint.url
+            self._headers.update(self._proxy_headers)
+        self._connection = None
+
+    def close(self):
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def interrupt(self):
+        """Make a request blocked on this connection in another thread fail at once."""
+        sock = getattr(self._connection, 'sock', None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _new_connection(self):
+        if self._proxy is None:
+            host, port = self.host, self.endpoint.port
+        else:
+            host, port = self._proxy.hostname, self._proxy.port or 8080
+        if not self._https:
+            return _HTTPConnection(host, port)
+        connection = _HTTPSConnection(host, port, context=self._ssl_context)
+        if self._proxy is not None:
+            connection.set_tunnel(self.host, self.endpoint.port, headers=self._proxy_headers)
+        return connection
+
+    def post(self, body, deadline):
+        """POST ``body`` (bytes), done by ``deadline`` (time.monotonic()); return an Answer.
+
+        Raises TransportError (no usable answer), StaleConnection, or
+        FlashdutyError for what no retry can mend (a certificate that does not verify).
+        """
+        connection = self._connection
+        reused = connection is not None and connection.sock is not None
+        if connection is None:
+            connection = self._connection = self._new_connection()
+        connection.deadline = deadline
+        try:
+            connection.timeout = connection.remaining()
+            if reused:
+                connection.sock.settimeout(connection.timeout)
+            connection.request('POST', self._target, body, self._headers)
+            response = connection.getresponse()
+            if response.reader.ended:
+                raise http_client.IncompleteRead(b'', None)  # the headers were cut: http.client takes that for their end
+            if response.length is not None and response.length <= MAX_ANSWER_BYTES:
+                data = response.read()  # IncompleteRead if the connection closes before the end
+            else:
+                data = response.read(MAX_ANSWER_BYTES)
+                if not response.isclosed():  # more than we keep: the rest is never read
+                    response.close()
+                    self.close()
+            return Answer(response.status, response.msg, data)
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise FlashdutyError('could not verify the TLS certificate of %s: %s (set ca_path to your CA bundle, '
+                                 'or validate_certs: false to skip the check)' % (self.host, describe(exc)))
+        except socket.timeout:
+            self.close()
+            raise TransportError('no complete answer from %s' % self.host, timed_out=True)
+        except (http_client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            self.close()
+            if reused:
+                raise StaleConnection()
+            raise TransportError('the connection was closed by %s before an answer (%s)' % (self.host, describe(exc)))
+        except http_client.IncompleteRead:
+            self.close()
+            raise TransportError('the connection was closed by %s in the middle of the answer' % self.host)
+        except (http_client.HTTPException, ValueError) as exc:  # ValueError: a chunk size http.client cannot read
+            self.close()
+            raise TransportError('%s did not answer in HTTP/1.x: %s' % (self.host, describe(exc)))
+        except OSError as exc:
+            self.close()
+            raise self._unreachable(exc)
+
+    def _unreachable(self, exc):
+        text = describe(exc)
+        if self._proxy is not None:
+            proxy = '%s:%d' % (self._proxy.hostname, self._proxy.port or 8080)
+            if text.startswith('Tunnel connection failed'):
+                return TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
+                                      unreachable=True)
+            return TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
+        return TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
+
+
+def describe(exc):
+    """An exception as a short reason on one line, the key masked."""
+    text = shown(exc.strerror if getattr(exc, 'strerror', None) else exc, limit=200)
+    return text or type(exc).__name__
+
+
+def _ssl_context(validate_certs, ca_path):
+    if not validate_certs:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise FlashdutyError('ca_path: cannot load CA certificates from %s: %s' % (ca_path, describe(exc)), field='ca_path')
+
+
+def _proxy_for(scheme, host):
+    proxy = getproxies().get(scheme)
+    if not proxy or proxy_bypass(host):
+        return None
+    if '://' not in proxy:
+        proxy = 'http://' + proxy
+    return urlsplit(proxy)
