@@ -144,6 +144,7 @@ options:
       - The longest, in seconds, the end of the run waits for events still being delivered; also the longest a
         slow or dead endpoint can delay a playbook.
       - Events not delivered by then are written to the spool and sent by the next run.
+      - From 0 to 600.
     type: float
     default: 5
     env:
@@ -153,8 +154,9 @@ options:
         key: flush_timeout
   max_rate:
     description:
-      - At most this many requests per second to Flashduty, over all endpoints and retries.
-      - Flashduty allows 50 requests per second per account.
+      - At most this many requests per second to Flashduty, over all endpoints and retries; more than 0, at most 1000.
+      - Flashduty documents a limit of 50 requests per second per account for its Open API, and none for the push
+        endpoint; the default stays under the Open API's.
     type: float
     default: 40
     env:
@@ -166,6 +168,8 @@ options:
     description:
       - Directory (created with mode 0700) where events that could not be delivered wait for the next run.
       - It never holds the integration key or the push URL.
+      - A symbolic link, a directory owned by another user or one other users may enter (mode other than 0700)
+        is refused with a warning, not followed or chmod-ed; events not delivered by the end of the run are then lost.
     type: path
     default: ~/.ansible/flashduty/spool
     env:
@@ -174,6 +178,8 @@ options:
       - section: flashduty
         key: spool_dir
 notes:
+  - A numeric option out of its range (O(timeout), O(retries), O(flush_timeout), O(max_rate)) gives one warning naming
+    the option and the range, and its default is used.
   - Variables are read for one host of each set of hosts with the same groups and no host-level C(flashduty_*)
     variable (or variable named in O(label_vars)), so templates in C(flashduty_labels) that use per-host variables
     such as C(inventory_hostname) take the value of the first such host.
@@ -243,11 +249,14 @@ from ansible.release import __version__ as ansible_version
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     ENDPOINT_VARIABLES,
+    OPTION_RANGES,
     endpoint_settings,
     FlashdutyError,
     build_event,
+    option_problem,
     redact,
     resolve_endpoint,
+    truncate,
     url_warnings,
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play, _play_vars
@@ -297,13 +306,14 @@ class _Change:
     """One change of a play: one Endpoint, and one host in per-host mode.
 
     ``labels`` are the automatic labels as ``(name, value)`` pairs, most important
-    first; ``user_labels`` those of flashduty_labels and label_vars; ``held`` the
-    start event kept back in changed-only mode.
+    first; ``user_labels`` those of flashduty_labels and label_vars (``masked`` names
+    those where the integration key was masked); ``held`` the start event kept back
+    in changed-only mode.
     """
 
-    __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'start_time', 'held')
+    __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held')
 
-    def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time):
+    def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, masked=()):
         self.endpoint = endpoint
         self.key = key
         self.title = title
@@ -311,6 +321,7 @@ class _Change:
         self.hosts = hosts
         self.labels = labels
         self.user_labels = user_labels
+        self.masked = masked
         self.start_time = start_time
         self.held = None
 
@@ -388,15 +399,25 @@ class CallbackModule(CallbackBase):
         self._changed_only = bool(self.get_option('changed_only'))
         self._check_mode_policy = self.get_option('check_mode') or 'skip'
         self._label_vars = [name.strip() for name in (self.get_option('label_vars') or []) if name and name.strip()]
-        self._flush_timeout = max(0.0, float(self.get_option('flush_timeout')))
-        self._max_rate = self.get_option('max_rate')
+        self._flush_timeout = float(self._number_option('flush_timeout'))
+        self._max_rate = float(self._number_option('max_rate'))
         self._spool_dir = self.get_option('spool_dir')
-        self._client_options = dict(timeout=self.get_option('timeout'), retries=self.get_option('retries'),
+        self._client_options = dict(timeout=float(self._number_option('timeout')), retries=int(self._number_option('retries')),
                                     validate_certs=self.get_option('validate_certs'), ca_path=self.get_option('ca_path'))
         self._option_endpoint = dict(push_url=self.get_option('push_url'), integration_key=self.get_option('integration_key'),
                                      api_url=self.get_option('api_url'))
         self._ci = _play.detect_ci(os.environ)
         self._config_ok = True
+
+    def _number_option(self, name):
+        """A numeric option, or its default with one warning when it is out of the range OPTION_RANGES gives it."""
+        value = self.get_option(name)
+        problem = option_problem(name, value)
+        if problem is None:
+            return value
+        default = OPTION_RANGES[name][3]
+        self._warn_once('%s; the default %s is used' % (problem, '%g' % default))
+        return default
 
     # ---------------------------------------------------------------- warnings
 
@@ -544,8 +565,12 @@ class CallbackModule(CallbackBase):
         names = [host.name for host in hosts]
         user_sets = []
         settings = {}
+        secrets = endpoint.secrets
+        masked = []
         for _members, values in parts:
-            user_sets.append(self._user_labels(values))
+            labels, where = self._user_labels(values, secrets)
+            user_sets.append(labels)
+            masked.extend(field for field in where if field not in masked)
             for name in ('flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link'):
                 value = values.get(name)
                 if name not in settings and value not in (None, ''):
@@ -564,27 +589,28 @@ class CallbackModule(CallbackBase):
             key = user_key or _play.default_change_key(self._run_id, state.index)
             title = user_title or _play.change_title(state.name, names)
             labels = _play.automatic_labels(names, groups, **common)
-            state.changes.append(_Change(endpoint, key, title, link, names, labels, user_labels, now))
+            state.changes.append(_Change(endpoint, key, title, link, names, labels, user_labels, now, masked))
             return
         for host in hosts:
             groups = _play.visible_groups(group.name for group in host.get_groups())
             key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
             title = user_title or _play.change_title(state.name, [host.name], host=host.name)
             labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
-            state.changes.append(_Change(endpoint, key, title, link, [host.name], labels, user_labels, now))
+            state.changes.append(_Change(endpoint, key, title, link, [host.name], labels, user_labels, now, masked))
 
-    def _user_labels(self, values):
-        labels, problems = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels')
+    def _user_labels(self, values, secrets):
+        """The labels of flashduty_labels and label_vars, and where the integration key was masked in them."""
+        labels, problems, masked = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels', secrets)
         extra = {}
         for name in self._label_vars:
             if name in values:
                 extra[name] = values[name]
-        more, more_problems = _play.clean_user_labels(extra, 'label_vars')
+        more, more_problems, more_masked = _play.clean_user_labels(extra, 'label_vars', secrets)
         for name, value in more.items():
             labels.setdefault(name, value)
         for problem in problems + more_problems:
             self._warn_once(problem)
-        return labels
+        return labels, masked + more_masked
 
     # ---------------------------------------------------------------- task results (keep these tiny)
     #
@@ -812,12 +838,14 @@ class CallbackModule(CallbackBase):
     def _get_sender(self):
         if self._sender is None:
             from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender
-            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool
+            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError
 
             spool = None
             if self._spool_dir:
                 try:
                     spool = Spool(self._spool_dir)
+                except SpoolError as exc:  # names the directory and why
+                    self._warn_once('%s: events not delivered by the end of the run will be lost' % exc)
                 except Exception as exc:
                     self._warn_once('the spool directory %s cannot be used (%s): events not delivered by the end of the run '
                                     'will be lost' % (self._spool_dir, exc))
@@ -835,10 +863,12 @@ class CallbackModule(CallbackBase):
 
     def _event(self, change, status, description, labels, event_time):
         try:
-            event, warnings = build_event(status, change.key, change.title, description, change.link, labels, event_time)
+            event, warnings = build_event(status, change.key, change.title, description, change.link, labels, event_time,
+                                          secrets=change.endpoint.secrets, masked=change.masked)
         except FlashdutyError as exc:
             if exc.field != 'link' or not change.link:
-                self._warn_once('%s; change %s is not reported' % (exc.message, change.key), key=('event', exc.message))
+                shown = change.endpoint.redact(truncate(change.key, 80))  # the key itself may be the problem
+                self._warn_once('%s; change %s is not reported' % (exc.message, shown), key=('event', exc.message))
                 return None
             self._warn_once('%s (from flashduty_change_link); the change is reported without a link' % exc.message,
                             key=('link', exc.message))

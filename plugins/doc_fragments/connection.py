@@ -36,6 +36,7 @@ options:
     description:
       - Seconds each attempt may take, from connecting to the last byte of the answer, in wall-clock time
         whatever the server does (an answer trickled one byte at a time is cut at this deadline too).
+      - More than 0, at most 300.
     type: float
     default: 10
   retries:
@@ -43,6 +44,7 @@ options:
       - How many times to retry an event after a transient failure (timeout, connection error,
         HTTP 429 honouring C(Retry-After), 500, 502, 503, 504), with exponential backoff and jitter.
       - Other errors, such as a wrong integration key, fail at once.
+      - From 0 to 10.
     type: int
     default: 3
   validate_certs:

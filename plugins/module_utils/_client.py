@@ -24,8 +24,10 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     DEFAULT_TIMEOUT,
     DEFAULT_TOTAL_TIMEOUT,
     ERROR_HINTS,
+    OPTION_RANGES,
     FlashdutyError,
     build_event,
+    option_problem,
     resolve_endpoint,
     shown,
     url_warnings,
@@ -218,6 +220,11 @@ def run_change_event(params, check_mode, *fallback_endpoints):
     carries ``failed``, ``msg`` and ``warnings`` as Ansible expects.
     """
     result = dict(changed=False)
+    for name in ('timeout', 'retries', 'total_timeout'):
+        problem = option_problem(name, params.get(name, OPTION_RANGES[name][3]))
+        if problem is not None:
+            result.update(failed=True, msg=problem)
+            return result
     try:
         endpoint = resolve_endpoint(params, *fallback_endpoints)
         result['endpoint'] = endpoint.masked
@@ -225,7 +232,7 @@ def run_change_event(params, check_mode, *fallback_endpoints):
         event, warnings = build_event(
             change_status=params['change_status'], change_key=params['change_key'], title=params['title'],
             description=params.get('description'), link=params.get('link'), labels=params.get('labels'),
-            event_time=time.time() if event_time is None else event_time)
+            event_time=time.time() if event_time is None else event_time, secrets=endpoint.secrets)
     except FlashdutyError as exc:
         result.update(failed=True, msg=exc.message)
         return result

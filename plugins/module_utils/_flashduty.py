@@ -37,9 +37,15 @@ MAX_LABELS = 50
 MAX_LABEL_KEY_LENGTH = 128
 MAX_LABEL_VALUE_LENGTH = 2048
 MAX_DESCRIPTION_LENGTH = 2048
+# Flashduty documents no limit for these: ours keep an event readable, and a title is cut (with a warning)
+# while a change key is refused, since two keys cut alike would merge two different changes.
+MAX_TITLE_LENGTH = 512
+MAX_CHANGE_KEY_LENGTH = 256
 LABEL_KEY_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
-# Epoch seconds stay below this until the year 5138; anything larger is milliseconds.
+_NOT_IN_LABEL_KEY = re.compile(r'[^A-Za-z0-9_]')
+# Epoch seconds stay below this until the year 5138: a larger number is milliseconds (up to 10^14) or finer.
 MAX_EVENT_TIME = 10 ** 11
+_MAX_MILLISECONDS = 10 ** 14
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 3
@@ -53,8 +59,18 @@ ERROR_HINTS = {
     'RouteNotFound': 'the URL path is wrong: it must end in %s' % PUSH_PATH,
     'ResourceNotFound': 'the Flashduty account has no such resource purchased',
     'NoLicense': 'the Flashduty subscription lacks the licence for change events',
-    'RequestTooFrequently': 'Flashduty rate-limits to 50 requests per second per account',
+    'RequestTooFrequently': 'Flashduty asked to slow down: send fewer events at a time (the change_events callback\'s max_rate '
+                            'option bounds its requests per second)',
     'InternalError': 'Flashduty had a server error; give support the request_id',
+}
+
+# The numeric options of the task and the callback: (lowest, lowest is allowed, highest, default, unit).
+OPTION_RANGES = {
+    'timeout': (0, False, 300, DEFAULT_TIMEOUT, 'seconds'),
+    'retries': (0, True, 10, DEFAULT_RETRIES, None),
+    'total_timeout': (0, False, 3600, DEFAULT_TOTAL_TIMEOUT, 'seconds'),
+    'flush_timeout': (0, True, 600, 5.0, 'seconds'),
+    'max_rate': (0, False, 1000, 40.0, 'requests per second'),
 }
 
 # A key already masked is left alone, so that redacting twice keeps the text after it.
@@ -233,37 +249,86 @@ def label_value(value):
     return _text(value)
 
 
-def normalize_labels(labels, field='labels'):
+def label_key(name):
+    """A label name in Prometheus style: ``k8s-cluster`` -> ``k8s_cluster``, ``2fa`` -> ``_2fa``."""
+    key = _NOT_IN_LABEL_KEY.sub('_', _text(name).strip())
+    if key[:1].isdigit():
+        key = '_' + key
+    return key
+
+
+def masked_warning(fields):
+    """The one warning for an event whose content held an integration key, naming where."""
+    return ('%s held the Flashduty integration key or push URL; it was masked as %s. Never put the push URL or the key '
+            'in event content' % (', '.join(fields), MASK))
+
+
+def normalize_labels(labels, field='labels', secrets=(), strict=True):
     """Validate and stringify labels. Returns ``(labels, warnings)``.
 
-    Keys must be Prometheus-style names of at most 128 characters, at most 50
-    labels; values of any type become strings, ``None`` drops the label, and
-    values over 2048 characters are truncated with a warning.
+    Names are rewritten to Prometheus style (see label_key) with one warning
+    naming each old and new name; one that is then empty or over 128
+    characters, or the same as another's, is an error. Values of any type
+    become strings, ``None`` drops the label, ``secrets`` (and any
+    ``integration_key=...``) are masked with one warning, and values over 2048
+    characters are truncated with a warning. At most 50 labels.
+    With ``strict`` false, a label that cannot be rewritten is left out with a
+    warning instead, and the cap of 50 is left to the caller.
     """
+    result, warnings, masked = normalize_labels_masked(labels, field, secrets, strict)
+    if masked:
+        warnings.append(masked_warning(masked))
+    return result, warnings
+
+
+def normalize_labels_masked(labels, field, secrets, strict):
+    """normalize_labels(), with the fields whose content was masked returned apart, not warned about:
+    ``(labels, warnings, masked)``; for a caller that names them in the one warning of its event."""
     if labels is None:
-        return {}, []
+        return {}, [], []
     require_mapping(labels, field)
     result = {}
+    origins = {}
     warnings = []
+    rewritten = []
+    masked = []
     for raw_key, raw_value in labels.items():
-        key = _text(raw_key)
-        if len(key) > MAX_LABEL_KEY_LENGTH:
-            raise FlashdutyError('%s: label name %r is %d characters long; at most %d are allowed'
-                                 % (field, key[:40] + '...', len(key), MAX_LABEL_KEY_LENGTH), field=field)
-        if not LABEL_KEY_PATTERN.match(key):
-            raise FlashdutyError('%s: label name %r must start with a letter or underscore and contain only letters, '
-                                 'digits and underscores' % (field, key), field=field)
         value = label_value(raw_value)
         if value is None:
             continue
-        if len(value) > MAX_LABEL_VALUE_LENGTH:
+        name = redact(raw_key, secrets)
+        key = label_key(name)
+        problem = None
+        if not key:
+            problem = 'a label name is empty'
+        elif len(key) > MAX_LABEL_KEY_LENGTH:
+            problem = 'label name %r is %d characters long; at most %d are allowed' % (key[:40] + '...', len(key), MAX_LABEL_KEY_LENGTH)
+        elif key in origins:
+            problem = 'label names %r and %r are both %r in Prometheus style; rename one' % (origins[key], name, key)
+        if problem is not None:
+            if strict:
+                raise FlashdutyError('%s: %s' % (field, problem), field=field)
+            warnings.append('%s: %s; the label is left out' % (field, problem))
+            continue
+        if name != _text(raw_key):
+            masked.append('the name of a label in %s' % field)
+        if key != name:
+            rewritten.append('%r -> %r' % (name, key))
+        text = redact(value, secrets)
+        if text != value:
+            masked.append('%s.%s' % (field, key))
+        if len(text) > MAX_LABEL_VALUE_LENGTH:
             warnings.append('%s: the value of label %r was %d characters long and was truncated to %d'
-                            % (field, key, len(value), MAX_LABEL_VALUE_LENGTH))
-            value = truncate(value, MAX_LABEL_VALUE_LENGTH)
-        result[key] = value
-    if len(result) > MAX_LABELS:
+                            % (field, key, len(text), MAX_LABEL_VALUE_LENGTH))
+            text = truncate(text, MAX_LABEL_VALUE_LENGTH)
+        origins[key] = name
+        result[key] = text
+    if rewritten:
+        warnings.insert(0, '%s: label names rewritten to Prometheus style (letters, digits and underscores, not starting '
+                        'with a digit): %s' % (field, ', '.join(rewritten)))
+    if strict and len(result) > MAX_LABELS:
         raise FlashdutyError('%s: %d labels given; Flashduty accepts at most %d' % (field, len(result), MAX_LABELS), field=field)
-    return result, warnings
+    return result, warnings, masked
 
 
 def require_mapping(labels, field='labels'):
@@ -294,8 +359,10 @@ def _type_name(value):
 def parse_event_time(value, field='event_time'):
     """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 string.
 
-    ISO times without a zone are taken as UTC. Milliseconds are refused rather
-    than silently sent as a date thousands of years away.
+    ISO times without a zone are taken as UTC, and any ISO time is valid (Flashduty
+    takes int64 seconds). A number too large for seconds (10^11 is the year 5138)
+    is refused, as milliseconds when it is in their range, rather than sent as a
+    date thousands of years away.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -307,14 +374,20 @@ def parse_event_time(value, field='event_time'):
         seconds = int(value)
     else:
         text = _text(value).strip()
-        if re.match(r'^-?\d+(\.\d+)?$', text):
-            seconds = int(float(text))
-        else:
+        if not re.match(r'^-?\d+(\.\d+)?$', text):
             seconds = _parse_iso8601(text, field)
+            if seconds < 0:
+                raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
+            return seconds
+        seconds = int(float(text))
     if seconds < 0:
         raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
+    if seconds >= _MAX_MILLISECONDS:
+        raise FlashdutyError('%s: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
+                             'in seconds or an ISO 8601 time' % (field, value), field=field)
     if seconds >= MAX_EVENT_TIME:
-        raise FlashdutyError('%s: %r looks like milliseconds; give Unix time in seconds' % (field, value), field=field)
+        raise FlashdutyError('%s: %r looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix '
+                             'time in seconds' % (field, value), field=field)
     return seconds
 
 
@@ -325,12 +398,12 @@ def _parse_iso8601(text, field):
     candidate = re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', candidate)
     try:
         moment = datetime.datetime.fromisoformat(candidate)
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        return int(moment.timestamp())
+    except (ValueError, OverflowError):
         raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
                              % (field, text), field=field)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return int(moment.timestamp())
 
 
 def _required_text(value, field):
@@ -340,41 +413,77 @@ def _required_text(value, field):
     return text
 
 
-def build_event(change_status, change_key, title, description=None, link=None, labels=None, event_time=None):
+def build_event(change_status, change_key, title, description=None, link=None, labels=None, event_time=None, secrets=(),
+                masked=()):
     """Build and validate one change event. Returns ``(event, warnings)``.
 
     The event is a plain dict ready for JSON, holding only the fields given.
+    ``secrets`` (the Endpoint's secrets) and any ``integration_key=...``
+    are masked in every field, with one warning, before the event is shown,
+    spooled or sent; ``masked`` names fields masked before (user labels), for
+    that warning.
     """
     status = _text(change_status) if change_status is not None else ''
     if status not in CHANGE_STATUSES:
         raise FlashdutyError('change_status: must be one of %s (case-sensitive), got %r'
-                             % (', '.join(CHANGE_STATUSES), status), field='change_status')
+                             % (', '.join(CHANGE_STATUSES), redact(status, secrets)), field='change_status')
     warnings = []
-    event = {
-        'change_status': status,
-        'change_key': _required_text(change_key, 'change_key'),
-        'title': _required_text(title, 'title'),
-    }
+    masked = list(masked)
+
+    def scrub(text, field):
+        clean = redact(text, secrets)
+        if clean != text:
+            masked.append(field)
+        return clean
+
+    key = scrub(_required_text(change_key, 'change_key'), 'change_key')
+    if len(key) > MAX_CHANGE_KEY_LENGTH:
+        raise FlashdutyError('change_key: is %d characters long; at most %d are allowed (a shortened key could merge '
+                             'different changes)' % (len(key), MAX_CHANGE_KEY_LENGTH), field='change_key')
+    text = scrub(_required_text(title, 'title'), 'title')
+    if len(text) > MAX_TITLE_LENGTH:
+        warnings.append('title: was %d characters long and was truncated to %d' % (len(text), MAX_TITLE_LENGTH))
+        text = truncate(text, MAX_TITLE_LENGTH)
+    event = {'change_status': status, 'change_key': key, 'title': text}
     seconds = parse_event_time(event_time)
     if seconds is not None:
         event['event_time'] = seconds
     if description is not None and _text(description):
-        text = _text(description)
+        text = scrub(_text(description), 'description')
         if len(text) > MAX_DESCRIPTION_LENGTH:
             warnings.append('description: was %d characters long and was truncated to %d'
                             % (len(text), MAX_DESCRIPTION_LENGTH))
             text = truncate(text, MAX_DESCRIPTION_LENGTH)
         event['description'] = text
     if link is not None and _text(link).strip():
-        text = _text(link).strip()
+        text = scrub(_text(link).strip(), 'link')
         if not re.match(r'^https?://\S+$', text):
-            raise FlashdutyError('link: must be an http:// or https:// URL, got %r' % redact(text), field='link')
+            raise FlashdutyError('link: must be an http:// or https:// URL, got %r' % text, field='link')
         event['link'] = text
-    normalized, label_warnings = normalize_labels(labels)
+    normalized, label_warnings, masked_labels = normalize_labels_masked(labels, 'labels', secrets, strict=True)
     warnings.extend(label_warnings)
+    masked.extend(masked_labels)
     if normalized:
         event['labels'] = normalized
+    if masked:
+        warnings.append(masked_warning(masked))
     return event, warnings
+
+
+def option_problem(name, value):
+    """Why ``value`` is out of the range of the numeric option ``name`` (see OPTION_RANGES), or None."""
+    low, low_allowed, high, _default, unit = OPTION_RANGES[name]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float('nan')
+    if math.isfinite(number) and (number > low or (low_allowed and number == low)) and number <= high:
+        return None
+    if low_allowed:
+        rule = 'from %s to %s' % (low, high)
+    else:
+        rule = 'greater than %s and at most %s' % (low, high)
+    return '%s: must be %s%s, got %s' % (name, rule, ' %s' % unit if unit else '', redact(value))
 
 
 # Where each endpoint setting comes from, besides a task argument: the one table every entry point reads.

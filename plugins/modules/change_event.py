@@ -30,6 +30,7 @@ options:
     description:
       - Identifies the change. Events with the same key are merged into one change in Flashduty.
       - Usually a ticket number or a deployment identifier.
+      - At most 256 characters; a longer key fails the task (shortened, two keys could merge different changes).
       - Defaults to the variable C(flashduty_change_key) when that is set.
     type: str
     required: true
@@ -45,6 +46,7 @@ options:
   title:
     description:
       - Title of the change, as the on-call engineer will see it in the incident's change history.
+      - Longer than 512 characters is truncated, with a warning.
       - "Defaults to the variable C(flashduty_change_title) when that is set, else, with O(automatic_labels),
         to the title the P(flashcat.flashduty.change_events#callback) callback gives the play
         (C(Ansible: deploy on web1, web2 and web3)). Required otherwise."
@@ -52,6 +54,8 @@ options:
   description:
     description:
       - What the change does. Longer than 2048 characters is truncated, with a warning.
+      - The integration key or push URL found in the description, the title, the change key, the link or a label is
+        masked as C(****), with one warning, before the event is shown, sent or spooled.
     type: str
   link:
     description:
@@ -62,8 +66,11 @@ options:
     description:
       - Labels that relate the change to alerts and incidents, such as C(service), C(cluster), C(team) or C(owner).
       - Merged over the variable C(flashduty_labels); the task's labels win.
-      - Names must start with a letter or underscore and hold only letters, digits and underscores, at most
-        128 characters; at most 50 labels.
+      - Names are sent in Prometheus style, letters, digits and underscores not starting with a digit; other names are
+        rewritten, with one warning naming the old and new names (C(k8s-cluster) becomes C(k8s_cluster),
+        C(app.kubernetes.io/name) becomes C(app_kubernetes_io_name), C(2fa) becomes C(_2fa)). The task fails on a name
+        that is empty or longer than 128 characters once rewritten, or that two labels share once rewritten.
+        At most 50 labels.
       - Values of any type become strings; booleans as V(true)/V(false), lists and dictionaries as compact JSON.
         A null value leaves the label out. Values longer than 2048 characters are truncated, with a warning.
     type: dict
@@ -71,6 +78,7 @@ options:
     description:
       - When the change happened, as Unix time in seconds or an ISO 8601 time such as V(2026-11-26T17:40:00Z)
         (times without a zone are taken as UTC).
+      - A number of 10^11 or more (seconds after the year 5138) is refused as milliseconds; any ISO 8601 time is taken.
       - Defaults to the time the task runs.
     type: raw
   automatic_labels:
@@ -91,6 +99,8 @@ options:
         whatever the server does. When the next attempt could not finish within it, the task fails with the
         last error, naming this limit.
       - A C(Retry-After) longer than what is left ends the retries too.
+      - More than 0, at most 3600. An out-of-range O(timeout), O(retries) or O(total_timeout) fails the task with a
+        message naming the option and its range, before anything is sent.
     type: float
     default: 30
 extends_documentation_fragment:

@@ -28,9 +28,9 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     MAX_DESCRIPTION_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
-    FlashdutyError,
+    label_key,
     label_value,
-    normalize_labels,
+    normalize_labels_masked,
     truncate,
 )
 
@@ -321,27 +321,21 @@ def _ordered(values):
     return pairs
 
 
-def clean_user_labels(labels, source):
-    """User labels usable as Flashduty labels. Returns ``(labels, warnings)``.
+def clean_user_labels(labels, source, secrets=()):
+    """User labels usable as Flashduty labels. Returns ``(labels, warnings, masked)``.
 
-    Each label is checked alone with the protocol's rules, so that one bad name
-    (``team-name``) drops only that label, with a warning naming ``source``.
-    ``None`` values drop the label, as in the change_event task.
+    The protocol's rules, leniently: names are rewritten to Prometheus style, and
+    a label whose name cannot be (empty, too long, the same as another's once
+    rewritten) is left out alone, with a warning naming ``source``. ``None``
+    values drop the label, as in the change_event task. ``secrets`` are masked,
+    and the labels where they were found named in ``masked``, for the one
+    warning of the event (see build_event).
     """
     if labels is None:
-        return {}, []
+        return {}, [], []
     if not isinstance(labels, Mapping):
-        return {}, ['%s must be a mapping of label names to values; it is ignored' % source]
-    result = {}
-    warnings = []
-    for key, value in labels.items():
-        try:
-            normalized, dummy = normalize_labels({key: value}, field=source)
-        except FlashdutyError as exc:
-            warnings.append('%s; the label is left out' % exc.message)
-            continue
-        result.update(normalized)
-    return result, warnings
+        return {}, ['%s must be a mapping of label names to values; it is ignored' % source], []
+    return normalize_labels_masked(labels, source, secrets, strict=False)
 
 
 def merge_user_labels(label_sets):
@@ -367,7 +361,7 @@ def cap_labels(automatic, user, limit=MAX_LABELS):
     if len(user_items) > limit:
         dropped.extend(key for key, dummy in user_items[limit:])
         user_items = user_items[:limit]
-    user_names = set(key for key, dummy in user_items)
+    user_names = set(label_key(key) for key, dummy in user_items)  # a user's k8s-cluster is k8s_cluster once sent
     automatic = [(name, value) for name, value in automatic if name not in user_names]
     room = max(0, limit - len(user_items))
     dropped.extend(name for name, dummy in automatic[room:])

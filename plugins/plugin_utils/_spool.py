@@ -21,6 +21,13 @@ A run takes a batch by renaming it to ``<name>.claim-<epoch>-<owner>``
 under the same stamp. A claim older than the lease (10 minutes) belongs to a
 run that died and may be taken again. Writes go to a hidden temporary file
 that is renamed into place, so readers never see half a file.
+
+The directory may sit in a shared place (``/tmp``), so it is never followed
+through a symbolic link, and one owned by another user or open to other users
+is refused rather than used or chmod-ed: only a directory this process creates
+gets its mode set. Files are created with ``O_EXCL``/``O_NOFOLLOW`` and read
+with ``O_NOFOLLOW``, and only regular files are read, so a link or a FIFO
+planted inside the directory is set aside as unreadable, never followed.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -45,6 +52,8 @@ DEFAULT_LEASE = 600.0
 _NAME = re.compile(r'^(?P<name>(?P<stamp>\d{20}-\d{7}-\d{6})\.(?P<fp>[0-9a-f]{16})\.(?P<count>\d{1,9})\.json)'
                    r'(?:\.claim-(?P<claimed>\d{1,15})-(?P<owner>[0-9a-z]{1,40}))?$')
 _TEMP_PREFIX = '.tmp-'
+_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
+_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
 _CORRUPT_SUFFIX = '.corrupt'
 
 # Stamps are made from one monotonic clock anchored to the wall clock, so that
@@ -117,6 +126,7 @@ class Spool:
         self.max_events = max(1, int(max_events))
         self.lease = float(lease)
         self._owner = '%dx%s' % (os.getpid(), _token())
+        self._check_directory()
 
     def __repr__(self):
         return '<Spool %s>' % self.path
@@ -125,6 +135,8 @@ class Spool:
 
     def _entries(self):
         """Parsed directory entries: dicts with name, file, stamp, fp, count, claimed (epoch or None), owner."""
+        if not self._check_directory():
+            return []
         try:
             names = os.listdir(self.path)
         except FileNotFoundError:
@@ -160,29 +172,63 @@ class Spool:
 
     # ---- writing ------------------------------------------------------
 
-    def _ensure_directory(self):
+    def _check_directory(self):
+        """True when the spool directory exists and is safe to use, False when it does not exist yet.
+
+        Raises SpoolError for a symbolic link (never followed: in a shared /tmp it may
+        lead anywhere, a root-owned directory included), something not a directory,
+        a directory of another user, or one that other users may enter: the spool
+        never changes the mode of a directory it did not create.
+        """
         try:
-            os.makedirs(self.path, 0o700)
-        except FileExistsError:
-            pass
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SpoolError('cannot use the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+        if stat.S_ISLNK(info.st_mode):
+            raise SpoolError('the Flashduty spool directory %s is a symbolic link; refusing to follow it (set spool_dir to '
+                             'the real directory)' % self.path)
+        if not stat.S_ISDIR(info.st_mode):
+            raise SpoolError('the Flashduty spool path %s is not a directory' % self.path)
+        if hasattr(os, 'geteuid') and info.st_uid != os.geteuid():
+            raise SpoolError('the Flashduty spool directory %s belongs to another user (uid %d); refusing to use it'
+                             % (self.path, info.st_uid))
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            raise SpoolError('the Flashduty spool directory %s is open to other users (mode %04o); refusing to use it: '
+                             'run chmod 700 on it, or set spool_dir to another directory'
+                             % (self.path, stat.S_IMODE(info.st_mode)))
+        return True
+
+    def _ensure_directory(self):
+        if self._check_directory():
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
         except OSError as exc:
             raise SpoolError('cannot create the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
         try:
-            info = os.stat(self.path)
-            if not stat.S_ISDIR(info.st_mode):
-                raise SpoolError('the Flashduty spool path %s is not a directory' % self.path)
-            if hasattr(os, 'geteuid') and info.st_uid != os.geteuid():
-                raise SpoolError('the Flashduty spool directory %s belongs to another user (uid %d); refusing to use it'
-                                 % (self.path, info.st_uid))
-            if stat.S_IMODE(info.st_mode) != 0o700:
-                os.chmod(self.path, 0o700)
+            os.mkdir(self.path, 0o700)
+        except FileExistsError:
+            self._check_directory()  # made meanwhile, by another run or by someone else
+            return
+        except OSError as exc:
+            raise SpoolError('cannot create the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+        # Ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name.
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0) | _NOFOLLOW | _CLOEXEC)
+            try:
+                os.fchmod(fd, 0o700)
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise SpoolError('cannot secure the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+        self._check_directory()
 
     def _write_file(self, file_name, document):
         data = json.dumps(document, ensure_ascii=False, sort_keys=True, indent=1).encode('utf-8', 'surrogatepass')
         temp = os.path.join(self.path, '%s%d-%s' % (_TEMP_PREFIX, os.getpid(), _token()))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
         fd = os.open(temp, flags, 0o600)
         try:
             try:
@@ -204,7 +250,7 @@ class Spool:
 
     def _sync_directory(self):
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0))
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0) | _NOFOLLOW | _CLOEXEC)
         except OSError:
             return
         try:
@@ -332,7 +378,11 @@ class Spool:
 
     @staticmethod
     def _load(path):
-        with open(path, 'rb') as handle:
+        # O_NONBLOCK: a FIFO planted under a spool name must not hang the run; only regular files are read.
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, 'O_NONBLOCK', 0))
+        with os.fdopen(fd, 'rb') as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ValueError('not a regular file')
             document = json.loads(handle.read().decode('utf-8', 'surrogatepass'))
         if not isinstance(document, dict) or document.get('format') != FORMAT or not isinstance(document.get('records'), list):
             raise ValueError('not a %s file' % FORMAT)

@@ -416,7 +416,8 @@ def test_one_change_per_push_url(play, receiver, project):
 def test_extra_vars_label_key_title_and_link_are_templated(play, receiver, project):
     extra = {
         "ticket": "CHG-7",
-        "flashduty_labels": {"ticket": "{{ ticket }}", "service": "shop", "replicas": 3, "dropped": None, "bad-name": "x"},
+        "flashduty_labels": {"ticket": "{{ ticket }}", "service": "shop", "replicas": 3, "dropped": None, "k8s-cluster": "eu1",
+                             "app.kubernetes.io/name": "shop"},
         "flashduty_change_key": "{{ ticket }}-{{ 40 + 2 }}",
         "flashduty_change_title": "Release {{ app_version }} ({{ ticket }})",
         "flashduty_change_link": "https://tickets.example.com/{{ ticket }}",
@@ -425,7 +426,8 @@ def test_extra_vars_label_key_title_and_link_are_templated(play, receiver, proje
     proc = play("site.yml", "-e", "@extra.json")
     assert_rc(proc)
     warnings = warnings_in(proc.stdout + proc.stderr)
-    assert len(warnings) == 1 and "bad-name" in warnings[0], warnings
+    # Names Flashduty's alert API would not take are rewritten, not dropped: one warning naming old and new.
+    assert len(warnings) == 1 and "'k8s-cluster' -> 'k8s_cluster', 'app.kubernetes.io/name' -> 'app_kubernetes_io_name'" in warnings[0], warnings
     # One key for the whole run: both plays are one change, opened and closed twice.
     assert statuses(receiver.events) == {"CHG-7-42": ["Processing", "Done", "Processing", "Done"]}
     for event in receiver.events:
@@ -434,6 +436,38 @@ def test_extra_vars_label_key_title_and_link_are_templated(play, receiver, proje
         # Extra vars win over group_vars: no team/env labels from prod.yml.
         assert {k: event["labels"].get(k) for k in ("ticket", "service", "replicas", "dropped", "team")} == {
             "ticket": "CHG-7", "service": "shop", "replicas": "3", "dropped": None, "team": None}
+        assert event["labels"]["k8s_cluster"] == "eu1" and event["labels"]["app_kubernetes_io_name"] == "shop"
+        assert "k8s-cluster" not in event["labels"]
+
+
+def test_the_key_in_labels_and_title_is_masked_shown_spooled_and_sent(play, receiver, project, cb_env):
+    # The common mistake: the push URL templated into a label, a label_vars variable and the title.
+    extra = {"flashduty_labels": {"url": "{{ flashduty_push_url }}", "service": "shop"},
+             "leak": "{{ flashduty_push_url | string | urlsplit('query') }}",
+             "flashduty_change_title": "Deploy with {{ flashduty_push_url }}"}
+    (project / "extra.json").write_text(json.dumps(extra), encoding="utf-8")
+    secret = receiver.integration_key
+    log = project / "ansible.log"
+    receiver.add_fault("status", times=None, status=503)  # first run: every event goes to the spool
+    first = play("site.yml", "-e", "@extra.json", "-vvvv", FLASHDUTY_LABEL_VARS="leak", FLASHDUTY_FLUSH_TIMEOUT="1", FLASHDUTY_RETRIES="0",
+                 ANSIBLE_LOG_PATH=str(log))
+    assert_rc(first)
+    spooled = [path for path in Path(cb_env["FLASHDUTY_SPOOL_DIR"]).rglob("*") if path.is_file()]
+    assert spooled and all(secret not in path.read_text(encoding="utf-8") for path in spooled)
+    receiver.clear_faults()
+    second = play("site.yml", "-e", "@extra.json", "-vvvv", FLASHDUTY_LABEL_VARS="leak", ANSIBLE_LOG_PATH=str(log))
+    assert_rc(second)
+    for proc in (first, second):
+        assert_clean(proc, secret)
+        masked = [warning for warning in warnings_in(proc.stdout + proc.stderr) if "was masked" in warning]
+        assert len(masked) == 1, masked
+        assert "flashduty_labels.url" in masked[0] and "label_vars.leak" in masked[0] and "title" in masked[0]
+    assert secret not in log.read_text(encoding="utf-8")
+    assert len(receiver.events) == 8  # both runs, the first one's from the spool
+    assert secret not in json.dumps(receiver.requests)
+    for event in receiver.events:
+        assert event["labels"]["url"].endswith("?integration_key=****") and event["labels"]["leak"] == "integration_key=****"
+        assert event["title"].startswith("Deploy with http") and event["title"].endswith("?integration_key=****")
 
 
 def test_refused_events_become_warnings_with_request_id(play, receiver):
@@ -470,6 +504,39 @@ def test_undelivered_events_are_spooled_then_replayed_first(play, receiver, cb_e
     assert len(first_run) == 2  # both plays of the first run, delivered by the second, with their own times
     assert max(event["event_time"] for key in first_run for event in groups[key]) <= min(
         event["event_time"] for key in groups if key not in first_run for event in groups[key])
+
+
+def test_a_symlinked_spool_dir_is_refused_with_one_warning_and_its_target_untouched(play, receiver, tmp_path):
+    # A spool_dir in a shared /tmp that someone made a link to a directory of theirs, here root's.
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.chmod(target, 0o755)
+    (target / "notes.txt").write_text("root's file\n", encoding="utf-8")
+    link = tmp_path / "shared-tmp-spool"
+    link.symlink_to(target)
+    before = (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target)))
+    receiver.add_fault("status", times=None, status=503)  # nothing delivered: the run would spool every event
+    proc = play("site.yml", FLASHDUTY_SPOOL_DIR=str(link), FLASHDUTY_FLUSH_TIMEOUT="1", FLASHDUTY_RETRIES="0")
+    assert_rc(proc)
+    assert_clean(proc, receiver.integration_key)
+    about_the_spool = [warning for warning in warnings_in(proc.stdout + proc.stderr) if "spool directory" in warning]
+    assert len(about_the_spool) == 1 and "is a symbolic link; refusing to follow it" in about_the_spool[0], about_the_spool
+    assert (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target))) == before
+    assert (target / "notes.txt").read_text(encoding="utf-8") == "root's file\n"
+    assert link.is_symlink()
+
+
+def test_numeric_options_out_of_range_warn_once_and_fall_back_to_their_defaults(play, receiver):
+    proc = play("site.yml", FLASHDUTY_TIMEOUT="-1", FLASHDUTY_RETRIES="99", FLASHDUTY_MAX_RATE="0", FLASHDUTY_FLUSH_TIMEOUT="-3")
+    assert_rc(proc)
+    assert_clean(proc, receiver.integration_key)
+    assert sorted(warnings_in(proc.stdout + proc.stderr)) == [
+        "Flashduty change events: flush_timeout: must be from 0 to 600 seconds, got -3.0; the default 5 is used",
+        "Flashduty change events: max_rate: must be greater than 0 and at most 1000 requests per second, got 0.0; the default 40 is used",
+        "Flashduty change events: retries: must be from 0 to 10, got 99; the default 3 is used",
+        "Flashduty change events: timeout: must be greater than 0 and at most 300 seconds, got -1.0; the default 10 is used",
+    ]
+    assert list(statuses(receiver.events).values()) == [["Processing", "Done"], ["Processing", "Done"]]
 
 
 def test_flush_spool_playbook_delivers_the_spool_and_reports_nothing_else(play, receiver, cb_env):

@@ -177,6 +177,40 @@ def test_endpoint_sources_and_precedence(project, ansible_env, receiver, run_pla
         env_receiver.stop()
 
 
+# --------------------------------------------------------------------------- content cleaned up, not refused
+
+def test_the_key_in_event_content_is_masked_and_label_names_rewritten(project, ansible_env, receiver, run_playbook, tmp_path):
+    password_file = write_vaulted_push_url(project, ansible_env, receiver.push_url)
+    log_file = tmp_path / "ansible.log"
+    results_file = tmp_path / "results.json"
+    proc = run_playbook(["-i", project / "inventory" / "hosts.yml", project / "content.yml", "--vault-password-file", password_file,
+                         "-e", f"results_file={results_file}", "-vvvv"], env=dict(ansible_env, ANSIBLE_LOG_PATH=str(log_file)))
+    assert_ok(proc)
+    assert_no_crash(proc.stdout + proc.stderr)
+    results = read_results(results_file)
+    secret = receiver.integration_key
+    assert_secret_free([secret], stdout=proc.stdout, stderr=proc.stderr, log=log_file.read_text(encoding="utf-8"),
+                       results=json.dumps(results), received=json.dumps(receiver.requests))
+
+    content, long_title = receiver.events
+    masked_url = f"{receiver.base_url}{PUSH}?integration_key=****"
+    assert content == {
+        "change_status": "Done", "change_key": "content-1", "title": f"Deploy via {masked_url}",
+        "description": "pushed with integration_key=****", "event_time": content["event_time"],
+        "labels": {"url": masked_url, "k8s_cluster": "eu1", "app_kubernetes_io_name": "shop", "_2fa": "required"},
+    }
+    assert results["content"]["event"] == content and results["content"]["changed"] is True
+    output = " ".join((proc.stdout + proc.stderr).split())  # 2.16 wraps long warnings over several lines
+    assert output.count("held the Flashduty integration key or push URL; it was masked as ****") == 1
+    assert "title, description, labels.url held the Flashduty integration key" in output
+    assert output.count("label names rewritten to Prometheus style") == 1
+    assert ("'k8s-cluster' -> 'k8s_cluster', 'app.kubernetes.io/name' -> 'app_kubernetes_io_name', '2fa' -> '_2fa'" in output)
+
+    assert len(long_title["title"]) == 512 and long_title["title"].endswith("...")
+    assert "title: was 5000 characters long and was truncated to 512" in output
+    assert results["far_time"]["event"]["event_time"] == 253402300799 and not results["far_time"].get("failed")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 # result name -> what its one-line message must contain (the field, and the rule)
@@ -186,10 +220,15 @@ BAD_INPUTS = {
     "labels_not_a_map": ["labels", "dict"],
     "too_many_labels": ["labels", "51 labels", "at most 50"],
     "long_label_key": ["labels", "200 characters", "at most 128"],
-    "bad_label_key": ["labels", "bad-key", "letters, digits and underscores"],
-    "int_label_key": ["labels", "must start with a letter"],
+    "bad_label_key": ["labels", "label names 'bad-key' and 'bad_key' are both 'bad_key' in Prometheus style; rename one"],
+    "int_label_key": ["labels", "label names '1' and '_1' are both '_1'"],
     "shared_labels_not_a_map": ["flashduty_labels", "mapping"],
     "milliseconds": ["event_time", "milliseconds"],
+    "long_change_key": ["change_key: is 5000 characters long; at most 256 are allowed"],
+    "negative_timeout": ["timeout: must be greater than 0 and at most 300 seconds, got -1"],
+    "zero_timeout": ["timeout: must be greater than 0 and at most 300 seconds, got 0"],
+    "too_many_retries": ["retries: must be from 0 to 10, got 11"],
+    "zero_total_timeout": ["total_timeout: must be greater than 0 and at most 3600 seconds, got 0"],
     "infinite_time": ["event_time"],
     "bad_scheme": ["push_url", "https://"],
     "keyless_url": ["push_url", "integration_key"],
@@ -213,7 +252,7 @@ def bad_run(project, ansible_env, receiver, tmp_path):
         "labels_list": ["service", "checkout"],
         "labels_51": {f"label_{i}": i for i in range(51)},
         "labels_long_key": {"k" * 200: "v"},
-        "labels_bad_key": {"bad-key": "v"},
+        "labels_bad_key": {"bad-key": "v", "bad_key": "w"},
         "ms_time": 1700000000000,
         "ftp_push_url": f"ftp://127.0.0.1:{receiver.port}{PUSH}?integration_key={receiver.integration_key}",
         "keyless_push_url": f"{receiver.base_url}{PUSH}",

@@ -306,7 +306,18 @@ def test_bad_link_is_dropped_with_a_warning_and_label_problems_are_named():
     callback.v2_playbook_on_play_start(FakePlay())
     event = callback.fake.events()[0]
     assert "link" not in event and event["labels"]["ok"] == "1" and "not ok" not in event["labels"]
+    assert event["labels"]["not_ok"] == "2"  # rewritten, not dropped
     assert len(callback._display.warnings) == 2
+
+
+def test_a_refused_change_key_is_named_short_and_masked():
+    FakeReader.values["web1"].update(flashduty_change_key="k" * 5000 + "aaaa1111")
+    callback = make()
+    callback.v2_playbook_on_play_start(FakePlay())
+    assert callback.fake.events() == []
+    (warning,) = callback._display.warnings
+    assert "change_key: is 5004 characters long; at most 256 are allowed" in warning  # its key masked first
+    assert len(warning) < 400 and "aaaa1111" not in warning
 
 
 def test_internal_errors_become_one_warning_never_an_exception(monkeypatch):

@@ -314,7 +314,7 @@ def test_429_failure_names_the_rate_limit(receiver):
     receiver.add_fault('ratelimit', times=None, retry_after=0)
     exc = error_of(client_for(receiver.push_url, retries=1).send, EVENT)
     assert exc.code == 'RequestTooFrequently' and exc.status_code == 429 and exc.retryable
-    assert 'rate-limits' in exc.message and 'after 2 attempts' in exc.message
+    assert 'asked to slow down' in exc.message and 'documents' not in exc.message and 'after 2 attempts' in exc.message
 
 
 @pytest.mark.parametrize('status, code, hint', [
@@ -1075,8 +1075,24 @@ def test_run_change_event_check_mode_sends_nothing(receiver):
 
 
 def test_run_change_event_check_mode_still_validates():
-    result = cl.run_change_event(params(push_url=PUSH_URL, labels={'bad-key': 1}), True)
-    assert result['failed'] is True and result['msg'].startswith('labels: ')
+    result = cl.run_change_event(params(push_url=PUSH_URL, labels={'bad-key': 1, 'bad_key': 2}), True)
+    assert result['failed'] is True and result['msg'].startswith('labels: label names ')
+
+
+def test_run_change_event_masks_the_key_in_the_event_it_sends_and_returns(receiver):
+    result = cl.run_change_event(params(push_url=receiver.push_url, labels={'url': receiver.push_url}), False)
+    (record,) = receiver.records
+    assert result['changed'] is True and record['event'] == result['event']
+    assert result['event']['labels'] == {'url': fd.mask_url(receiver.push_url)}
+    assert len(result['warnings']) == 1 and 'labels.url held the Flashduty integration key' in result['warnings'][0]
+    assert receiver.integration_key not in json.dumps(result) + json.dumps(receiver.requests)
+
+
+@pytest.mark.parametrize('option, value', [('timeout', -1), ('timeout', 0), ('retries', 11), ('total_timeout', 0)])
+def test_run_change_event_refuses_an_option_out_of_range_before_sending(receiver, option, value):
+    result = cl.run_change_event(params(push_url=receiver.push_url, **{option: value}), False)
+    assert result == dict(changed=False, failed=True, msg=fd.option_problem(option, value))
+    assert result['msg'].startswith('%s: must be ' % option) and receiver.requests == []
 
 
 def test_run_change_event_uses_fallback_sources(receiver):

@@ -162,7 +162,9 @@ def test_event_time_absent(value):
 
 
 @pytest.mark.parametrize('value, fragment', [
-    (1700000000000, 'looks like milliseconds; give Unix time in seconds'),
+    (1700000000000, 'looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix time in seconds'),
+    (10 ** 14, 'is too large for Unix time in seconds'),
+    ('99999999999999999999', 'is too large for Unix time in seconds'),
     ('1700000000000', 'looks like milliseconds'),
     (1.7e12, 'looks like milliseconds'),
     (10 ** 11, 'looks like milliseconds'),
@@ -187,6 +189,14 @@ def test_event_time_not_a_finite_number_is_refused_cleanly(value):
     # YAML `.inf` / `.nan` reach the client as floats; int() of them raises OverflowError / ValueError.
     exc = error_of(fd.parse_event_time, value)
     assert exc.field == 'event_time'
+
+
+@pytest.mark.parametrize('value, expected', [
+    ('9999-12-31T23:59:59Z', 253402300799),   # int64 seconds: far, but not milliseconds
+    ('5200-01-01T00:00:00Z', 101928931200),
+])
+def test_event_time_far_iso_dates_are_seconds_not_milliseconds(value, expected):
+    assert fd.parse_event_time(value) == expected
 
 
 def test_event_time_refusal_is_raised_by_build_event():
@@ -249,11 +259,130 @@ def test_label_key_of_128_characters_is_accepted_129_is_refused():
     assert 'is 200 characters long' in exc.message
 
 
-@pytest.mark.parametrize('key', ['bad-key', 'a.b', 'with space', '1abc', '', 'ключ', 'a/b', 'a:b'])
-def test_label_key_characters(key):
-    exc = error_of(fd.normalize_labels, {key: 'v'})
-    assert exc.field == 'labels'
-    assert 'must start with a letter or underscore and contain only letters, digits and underscores' in exc.message
+@pytest.mark.parametrize('key, rewritten', [
+    ('k8s-cluster', 'k8s_cluster'), ('app.kubernetes.io/name', 'app_kubernetes_io_name'), ('with space', 'with_space'),
+    ('1abc', '_1abc'), ('ключ', '____'), ('a:b', 'a_b'), (' team ', 'team'), (7, '_7'),
+])
+def test_label_keys_are_rewritten_to_prometheus_style_with_one_warning(key, rewritten):
+    labels, warnings = fd.normalize_labels({key: 'v', 'service': 'checkout'})
+    assert labels == {rewritten: 'v', 'service': 'checkout'}
+    assert warnings == ["labels: label names rewritten to Prometheus style (letters, digits and underscores, not starting "
+                        "with a digit): %r -> %r" % ('%s' % key, rewritten)]
+    assert fd.LABEL_KEY_PATTERN.match(rewritten)
+
+
+def test_several_rewritten_label_keys_are_named_in_one_warning():
+    labels, warnings = fd.normalize_labels({'k8s-cluster': 'a', 'app.kubernetes.io/name': 'b'}, field='flashduty_labels')
+    assert labels == {'k8s_cluster': 'a', 'app_kubernetes_io_name': 'b'}
+    assert len(warnings) == 1 and warnings[0].startswith('flashduty_labels: label names rewritten')
+    assert "'k8s-cluster' -> 'k8s_cluster', 'app.kubernetes.io/name' -> 'app_kubernetes_io_name'" in warnings[0]
+
+
+@pytest.mark.parametrize('labels, fragment', [
+    ({'': 'v'}, 'a label name is empty'),
+    ({'  ': 'v'}, 'a label name is empty'),
+    ({'k8s-cluster': 'a', 'k8s_cluster': 'b'}, "label names 'k8s-cluster' and 'k8s_cluster' are both 'k8s_cluster' in Prometheus style; rename one"),
+    ({'a.b': 'a', 'a/b': 'b'}, "label names 'a.b' and 'a/b' are both 'a_b'"),
+    ({'9' + 'k' * 127: 'v'}, 'is 129 characters long; at most 128 are allowed'),
+])
+def test_label_keys_that_cannot_be_rewritten_are_refused(labels, fragment):
+    exc = error_of(fd.normalize_labels, labels)
+    assert exc.field == 'labels' and exc.message.startswith('labels: ') and fragment in exc.message, exc.message
+    assert_one_line(exc.message)
+
+
+def test_a_dropped_label_does_not_collide():
+    assert fd.normalize_labels({'a-b': 'x', 'a_b': None}) == ({'a_b': 'x'}, [
+        "labels: label names rewritten to Prometheus style (letters, digits and underscores, not starting with a digit): "
+        "'a-b' -> 'a_b'"])
+
+
+def test_lenient_labels_leave_out_what_cannot_be_rewritten():
+    labels, warnings = fd.normalize_labels({'a-b': 'x', 'a_b': 'y', '': 'z', 'ok': 'v'}, field='label_vars', strict=False)
+    assert labels == {'a_b': 'x', 'ok': 'v'}
+    assert "label_vars: label names 'a-b' and 'a_b' are both 'a_b' in Prometheus style; rename one; the label is left out" in warnings
+    assert 'label_vars: a label name is empty; the label is left out' in warnings
+    many = dict(('label_%d' % i, i) for i in range(60))
+    assert len(fd.normalize_labels(many, strict=False)[0]) == 60  # the cap is the caller's
+
+
+# =========================================================================== the key in event content
+
+SECRETS = fd.endpoint_for(PUSH_URL).secrets
+
+
+def test_the_key_is_masked_in_every_field_with_one_warning():
+    event, warnings = fd.build_event(
+        'Done', 'deploy-%s' % KEY, 'Deploy to %s' % PUSH_URL, description='pushed with key %s' % KEY,
+        link='https://ci.example.com/job/1?integration_key=%s' % KEY,
+        labels={'url': PUSH_URL, 'team': 'sre', 'note': 'key=%s' % KEY}, secrets=SECRETS)
+    assert KEY not in json.dumps(event)
+    assert event['labels'] == {'url': fd.mask_url(PUSH_URL), 'team': 'sre', 'note': 'key=****'}
+    assert event['change_key'] == 'deploy-****' and event['title'] == 'Deploy to %s' % fd.mask_url(PUSH_URL)
+    assert warnings == ['change_key, title, description, link, labels.url, labels.note held the Flashduty integration key or '
+                        'push URL; it was masked as ****. Never put the push URL or the key in event content']
+
+
+def test_the_key_is_masked_before_a_long_value_is_cut():
+    # Cut first, the key would straddle the cut and its first half would be sent.
+    value = 'x' * 2030 + KEY
+    labels, warnings = fd.normalize_labels({'long': value}, secrets=SECRETS)
+    assert KEY[:10] not in labels['long'] and labels['long'].endswith('x****')
+    assert len(warnings) == 1 and 'labels.long held the Flashduty integration key' in warnings[0]
+    event, warnings = fd.build_event('Done', 'k', 'x' * 500 + KEY, description='y' * 2040 + KEY, secrets=SECRETS)
+    assert KEY[:8] not in json.dumps(event)
+    assert 'title, description held' in warnings[-1]
+
+
+def test_clean_content_has_no_masking_warning():
+    assert fd.build_event('Done', 'k', 't', description='d', labels={'a': 'b'}, secrets=SECRETS)[1] == []
+
+
+# =========================================================================== title and change_key limits
+
+def test_a_long_title_is_truncated_with_a_warning():
+    event, warnings = fd.build_event('Done', 'k', 't' * 5000)
+    assert len(event['title']) == fd.MAX_TITLE_LENGTH == 512 and event['title'].endswith('...')
+    assert warnings == ['title: was 5000 characters long and was truncated to 512']
+    assert fd.build_event('Done', 'k', 't' * 512) == ({'change_status': 'Done', 'change_key': 'k', 'title': 't' * 512}, [])
+
+
+def test_a_long_change_key_is_refused():
+    assert fd.build_event('Done', 'k' * 256, 't')[0]['change_key'] == 'k' * 256
+    exc = error_of(fd.build_event, 'Done', 'k' * 5000, 't')
+    assert exc.field == 'change_key'
+    assert exc.message == ('change_key: is 5000 characters long; at most 256 are allowed (a shortened key could merge '
+                           'different changes)')
+
+
+# =========================================================================== numeric options
+
+@pytest.mark.parametrize('name, value, message', [
+    ('timeout', -1, 'timeout: must be greater than 0 and at most 300 seconds, got -1'),
+    ('timeout', 0, 'timeout: must be greater than 0 and at most 300 seconds, got 0'),
+    ('timeout', 301, 'timeout: must be greater than 0 and at most 300 seconds, got 301'),
+    ('timeout', float('nan'), 'timeout: must be greater than 0 and at most 300 seconds, got nan'),
+    ('timeout', 'abc', 'timeout: must be greater than 0 and at most 300 seconds, got abc'),
+    ('retries', -1, 'retries: must be from 0 to 10, got -1'),
+    ('retries', 11, 'retries: must be from 0 to 10, got 11'),
+    ('total_timeout', 0, 'total_timeout: must be greater than 0 and at most 3600 seconds, got 0'),
+    ('flush_timeout', -0.5, 'flush_timeout: must be from 0 to 600 seconds, got -0.5'),
+    ('max_rate', 0, 'max_rate: must be greater than 0 and at most 1000 requests per second, got 0'),
+])
+def test_numeric_options_out_of_range(name, value, message):
+    assert fd.option_problem(name, value) == message
+
+
+@pytest.mark.parametrize('name, value', [
+    ('timeout', 0.1), ('timeout', 300), ('retries', 0), ('retries', 10), ('total_timeout', 3600), ('flush_timeout', 0),
+    ('max_rate', 0.5), ('max_rate', '40'),
+])
+def test_numeric_options_in_range(name, value):
+    assert fd.option_problem(name, value) is None
+
+
+def test_the_defaults_are_in_range():
+    assert all(fd.option_problem(name, spec[3]) is None for name, spec in fd.OPTION_RANGES.items())
 
 
 @pytest.mark.parametrize('key', ['service', '_private', 'Team', 'a1', 'A_B_9'])

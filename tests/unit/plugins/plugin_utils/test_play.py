@@ -3,7 +3,7 @@
 
 import pytest
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH, build_event
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH, build_event, endpoint_for, mask_url
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import (
     AUTOMATIC_LABELS,
@@ -167,12 +167,36 @@ def test_cap_labels_user_labels_win():
     assert cap_labels(automatic, {}, limit=50) == (dict(automatic), [])
 
 
-def test_clean_user_labels_drops_only_bad_ones():
-    labels, warnings = clean_user_labels({"team": "a", "bad-name": "b", "n": 3, "gone": None, "flag": True}, "flashduty_labels")
-    assert labels == {"team": "a", "n": "3", "flag": "true"}
-    assert len(warnings) == 1 and "bad-name" in warnings[0] and "flashduty_labels" in warnings[0]
-    assert clean_user_labels(["x"], "flashduty_labels") == ({}, ["flashduty_labels must be a mapping of label names to values; it is ignored"])
-    assert clean_user_labels(None, "x") == ({}, [])
+def test_clean_user_labels_rewrites_names_and_drops_only_what_cannot_be_rewritten():
+    labels, warnings, masked = clean_user_labels({"team": "a", "bad-name": "b", "n": 3, "gone": None, "flag": True, "bad.name": "c",
+                                                  "": "d"}, "flashduty_labels")
+    assert masked == []
+    assert labels == {"team": "a", "bad_name": "b", "n": "3", "flag": "true"}
+    assert warnings == [
+        "flashduty_labels: label names rewritten to Prometheus style (letters, digits and underscores, not starting with a digit): "
+        "'bad-name' -> 'bad_name'",
+        "flashduty_labels: label names 'bad-name' and 'bad.name' are both 'bad_name' in Prometheus style; rename one; the label is left out",
+        "flashduty_labels: a label name is empty; the label is left out",
+    ]
+    assert clean_user_labels(["x"], "flashduty_labels") == ({}, ["flashduty_labels must be a mapping of label names to values; it is ignored"], [])
+    assert clean_user_labels(None, "x") == ({}, [], [])
+
+
+def test_clean_user_labels_masks_the_key():
+    url = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "ab12" * 8
+    labels, warnings, masked = clean_user_labels({"url": url, "key": "ab12" * 8}, "label_vars", endpoint_for(url).secrets)
+    assert labels == {"url": mask_url(url), "key": "****"} and warnings == []
+    # Named in the one warning of the event, with what build_event masks itself.
+    assert masked == ["label_vars.url", "label_vars.key"]
+    assert build_event("Done", "k", "t " + url, labels=labels, secrets=endpoint_for(url).secrets, masked=masked)[1] == [
+        "label_vars.url, label_vars.key, title held the Flashduty integration key or push URL; it was masked as ****. "
+        "Never put the push URL or the key in event content"]
+
+
+def test_cap_labels_matches_user_names_as_they_will_be_sent():
+    labels, dropped = cap_labels([("host_count", "2"), ("play", "p")], {"host-count": "mine"}, limit=50)
+    assert labels == {"host-count": "mine", "play": "p"} and dropped == []
+    assert build_event("Done", "k", "t", labels=labels)[0]["labels"] == {"host_count": "mine", "play": "p"}
 
 
 def test_merge_user_labels_joins_different_values():

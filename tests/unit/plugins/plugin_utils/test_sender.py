@@ -439,8 +439,9 @@ def test_the_key_never_leaks(receiver, make_sender, spool):
 
 def test_nothing_raises_on_bad_input(make_sender, tmp_path):
     blocked = tmp_path / "not-a-directory"
-    blocked.write_text("x")
-    sender = make_sender(spool=Spool(blocked))
+    spool = Spool(blocked)
+    blocked.write_text("x")  # a file now where the spool directory should be: Spool() itself refuses one there
+    sender = make_sender(spool=spool)
     sender.submit(None, None)
     sender.submit(ep("not a url"), event("bad"))
     sender.submit(ep("http://127.0.0.1:1/x?integration_key=secretsecret"), {"change_key": object()})

@@ -89,12 +89,84 @@ def test_permissions_whatever_the_umask(tmp_path):
     assert stat.S_IMODE(os.stat(os.path.join(spool.path, names[0])).st_mode) == 0o600
 
 
-def test_loose_directory_is_tightened(tmp_path):
+def test_a_directory_open_to_others_is_refused_not_chmodded(tmp_path):
     path = tmp_path / "spool"
-    path.mkdir(mode=0o755)
+    path.mkdir()
+    os.chmod(path, 0o755)
+    with pytest.raises(SpoolError, match=r"open to other users \(mode 0755\).*chmod 700"):
+        Spool(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755 and os.listdir(path) == []
+
+
+def test_a_directory_created_by_someone_else_meanwhile_is_checked(tmp_path):
+    path = tmp_path / "spool"
+    spool = Spool(path)  # missing: fine until it is written to
+    path.mkdir()
     os.chmod(path, 0o777)
-    Spool(path).write(URL, [record(0)])
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    with pytest.raises(SpoolError, match="open to other users"):
+        spool.write(URL, [record(0)])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o777 and os.listdir(path) == []
+
+
+def other_users_directory(path, uid=4242):
+    """A directory owned by another user (the tests may run as root: chown is how to get one)."""
+    path.mkdir(mode=0o700)
+    try:
+        os.chown(path, uid, uid)
+    except PermissionError:
+        pytest.skip("needs root to give a directory to another user")
+    return path
+
+
+@pytest.mark.parametrize("owner", ["self", "other", "root"])
+def test_a_symlinked_spool_directory_is_refused_and_its_target_untouched(tmp_path, owner):
+    target = tmp_path / "target"
+    if owner == "other":
+        other_users_directory(target)
+    else:
+        target.mkdir()
+        if owner == "root" and os.geteuid() != 0:
+            pytest.skip("the root-owned target needs root")
+    os.chmod(target, 0o755)
+    (target / "precious").write_text("keep me")
+    link = tmp_path / "spool"
+    link.symlink_to(target)
+    before = (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target)))
+    with pytest.raises(SpoolError, match="is a symbolic link; refusing to follow it"):
+        Spool(link)
+    # A Spool made before the link was planted does not follow it either, whatever it is asked to do.
+    spool = Spool(tmp_path / "later")
+    (tmp_path / "later").symlink_to(target)
+    for action in (lambda: spool.write(URL, [record(0)]), lambda: spool.claim(URL), spool.pending, spool.total):
+        with pytest.raises(SpoolError, match="symbolic link"):
+            action()
+    assert (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target))) == before
+    assert (target / "precious").read_text() == "keep me"
+
+
+def test_a_directory_of_another_user_is_refused(tmp_path):
+    path = other_users_directory(tmp_path / "spool")
+    with pytest.raises(SpoolError, match=r"belongs to another user \(uid 4242\)"):
+        Spool(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700 and os.listdir(path) == []
+
+
+def test_links_and_fifos_planted_inside_are_never_followed(tmp_path):
+    spool = Spool(tmp_path / "spool")
+    spool.write(URL, [record(0)])
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"format": "flashcat.flashduty.spool/1", "endpoint": URL.fingerprint, "records": []}))
+    os.chmod(secret, 0o640)
+    planted_link, planted_fifo = ("%s.%s.1.json" % (_spool.new_stamp(), URL.fingerprint[:16]) for _number in range(2))
+    os.symlink(secret, os.path.join(spool.path, planted_link))
+    os.mkfifo(os.path.join(spool.path, planted_fifo))
+    started = time.monotonic()
+    batches, problems = spool.claim(URL)
+    assert time.monotonic() - started < 5  # the FIFO did not block the run
+    assert titles([r for b in batches for r in b.records]) == ["event 0"]
+    assert len(problems) == 2 and all("unreadable" in problem for problem in problems)
+    assert os.path.islink(os.path.join(spool.path, planted_link + ".corrupt"))  # the link itself renamed, not its target
+    assert secret.read_text().startswith('{"format"') and stat.S_IMODE(os.stat(secret).st_mode) == 0o640
 
 
 def test_path_that_is_a_file_is_a_clear_error(tmp_path):
