@@ -264,6 +264,10 @@ _UNREACHABLE = (UNREACHABLE,)
 
 # The host of a task result: its public ``host`` on ansible-core 2.19+, where ``_host`` is deprecated.
 _host_name = operator.attrgetter('host.name' if isinstance(getattr(TaskResult, 'host', None), property) else '_host.name')
+# The result dict of a task result: its public ``result`` on ansible-core 2.19+, where ``_result`` is deprecated.
+_result_dict = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
+# Tasks whose results are change events the playbook sent itself (the role sends through the same task).
+_EXPLICIT_ACTIONS = frozenset(('flashcat.flashduty.change_event',))
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -354,6 +358,8 @@ class CallbackModule(CallbackBase):
         self._sender = None
         self._reported_counts = None
         self._replayed = set()
+        self._explicit = {}  # change key -> the last status a change_event task sent for it in this run
+        self._replay_report = False
         self._decrypted = {}
         self._run_id = '%s-%s' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime()), uuid.uuid4().hex[:6])
         self._user, self._controller = _play.controller_identity()
@@ -477,8 +483,11 @@ class CallbackModule(CallbackBase):
                              tags=list(cli.get('tags') or ()), check_mode=state.check_mode, user=self._user,
                              controller=self._controller, ansible_version=ansible_version, run_id=self._run_id)
         ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
-        # A play of playbooks/flush_spool.yml: deliver what earlier runs spooled, report nothing of its own.
+        # The collection's own playbooks report no change of their own (send_change_event sends its event as a task);
+        # flush_spool also wants to hear what became of the spool. Either way the spool for the play's push URL is replayed.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
+        self._replay_report = self._replay_report or replay_only
+        replay_only = replay_only or not boolean(play.vars.get('flashduty_report_play', True), strict=False)
         for push_url, parts in endpoints.items():
             if push_url not in self._replayed:
                 self._replayed.add(push_url)
@@ -493,6 +502,8 @@ class CallbackModule(CallbackBase):
         if state.check_mode or replay_only:
             return  # check mode: one Planned event when the play ends; replay only: no event at all
         for change in state.changes:
+            if change.key in self._explicit:
+                continue  # an earlier play's task reported this change: what the playbook said stands
             event = self._event(change, self._status_map['started'], _play.start_description(state.name, change.hosts, state.context),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
             if event is None:
@@ -660,11 +671,32 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._tally()
         self._show_messages()
+        self._watch_explicit(task)
 
     @_guarded
     def v2_playbook_on_handler_task_start(self, task):
         self._tally()
         self._show_messages()
+        self._watch_explicit(task)
+
+    def _watch_explicit(self, task):
+        """While a change_event task runs, read the events it sends; other tasks' results pay nothing for this."""
+        if (getattr(task, 'resolved_action', None) or task.action) in _EXPLICIT_ACTIONS:
+            self.v2_runner_on_ok = self._explicit_ok  # an instance attribute: Ansible looks the method up per call
+        elif 'v2_runner_on_ok' in self.__dict__:
+            del self.v2_runner_on_ok
+
+    def _explicit_ok(self, result, **kwargs):
+        CallbackModule.v2_runner_on_ok(self, result, **kwargs)
+        try:
+            outcome = _result_dict(result)
+            for item in outcome.get('results') or [outcome]:
+                event = item.get('event') if isinstance(item, dict) else None
+                # status_code: Flashduty (or the receiver) answered; check mode and skipped tasks sent nothing.
+                if isinstance(event, dict) and event.get('change_key') and item.get('status_code') is not None:
+                    self._explicit['%s' % event['change_key']] = event.get('change_status')
+        except Exception as exc:
+            self._internal_error('reading a change_event result', exc)
 
     # ---------------------------------------------------------------- the end of plays and of the run
 
@@ -688,6 +720,11 @@ class CallbackModule(CallbackBase):
             self._dead_hosts.update(failed)
             self._dead_hosts.update(unreachable)
         for change in state.changes:
+            if change.key in self._explicit:
+                # A change_event task (or the role) reported this change: its status is the one Flashduty keeps.
+                self._display.vvv('%schange %s ends as the playbook reported it (%s): no end event of its own'
+                                  % (WARNING_PREFIX, change.key, self._explicit[change.key]))
+                continue
             summary = _play.play_outcome(change.hosts, state.counters, failed, unreachable)
             if state.check_mode:
                 if interrupted or (self._changed_only and not summary['changed']):
@@ -724,6 +761,8 @@ class CallbackModule(CallbackBase):
         counts = (report.delivered, report.failed, report.spooled, report.dropped, report.lost)
         if report.timed_out or counts != self._reported_counts:
             self._display.vv(report.summary())
+            if self._replay_report:  # flush_spool: what it delivered and what is left, at default verbosity
+                self._display.display(_spool_report(report, self._sender.spool))
         self._reported_counts = counts
 
     def _finish(self, reason):
@@ -856,6 +895,17 @@ def _pattern(hosts):
 
 def _rank(pair):
     return _play._LABEL_RANK.get(pair[0], len(_play._LABEL_RANK))
+
+
+def _spool_report(report, spool):
+    """What a flush_spool run did, in one line: delivered from the spool, and what is still in it."""
+    if spool is None:
+        return WARNING_PREFIX + 'no spool directory: nothing to deliver'
+    try:
+        left = '%d left in %s' % (spool.total(), spool.path)
+    except Exception as exc:  # the count is informative only; the flush already happened
+        left = 'what is left in %s is unknown (%s)' % (spool.path, exc)
+    return '%s%d spooled events delivered, %s' % (WARNING_PREFIX, report.replayed, left)
 
 
 def _final_failures(state):
