@@ -224,9 +224,10 @@ docs-lint: $(STAMP_DOCS) collections-link
 # and regenerate CHANGELOG.md. To add fragments that land later to the same (unpublished) release,
 # run it again: it merges them into that release (antsibull-changelog release --update-existing).
 .PHONY: release-notes
-release-notes: $(STAMP_NEWEST)
+release-notes: $(STAMP_NEWEST) collections-link
 	@echo "==> [$$(date +%T)] antsibull-changelog release $(VERSION)"
 	if grep -qE "^  '?$(VERSION)'?:" changelogs/changelog.yaml; then update=--update-existing; else update=; fi; \
+	  PATH='$(ROOT)/$(BIN)':"$$PATH" ANSIBLE_COLLECTIONS_PATH='$(ROOT)/$(COLLECTIONS)' \
 	  $(BIN)/antsibull-changelog release --version $(VERSION) $$update
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 
@@ -247,7 +248,7 @@ build-check: build
 	@missing=$$(git ls-files -co --exclude-standard -- plugins meta roles playbooks docs README.md \
 	  | grep -v -E '(^|/)__pycache__/|\.pyc$$' | sort | comm -23 - $(BUILD)/tarball-contents.txt); \
 	if [ -n "$$missing" ]; then echo "tarball lacks files it must ship:" >&2; echo "$$missing" >&2; exit 1; fi
-	@for f in MANIFEST.json FILES.json README.md meta/runtime.yml; do \
+	@for f in MANIFEST.json FILES.json README.md LICENSE CHANGELOG.md CHANGELOG.rst changelogs/changelog.yaml meta/runtime.yml; do \
 	  grep -qx "$$f" $(BUILD)/tarball-contents.txt || { echo "tarball lacks $$f" >&2; exit 1; }; done
 	@echo "tarball OK: $$(wc -l < $(BUILD)/tarball-contents.txt) entries"
 

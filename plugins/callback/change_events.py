@@ -13,43 +13,20 @@ type: notification
 short_description: Report every play to Flashduty as a change event
 version_added: 1.0.0
 description:
-  - Reports each play as one change in Flashduty, so that when an alert fires the on-call engineer sees which hosts
-    Ansible changed, with which play, and how it went, next to the alert.
-  - A play sends V(Processing) when it starts and V(Done) when it ends, with the same change key, so Flashduty
-    merges them into one change spanning the play. A play whose hosts partly failed still ends V(Done), with the
-    outcome (failed and unreachable hosts, counts) in its description and labels. A run interrupted before the play
-    ended (Ctrl-C, SIGTERM, a fatal error) sends V(Canceled). O(status_map) changes these statuses.
-  - The change key is C(<run id>-<play index>), unique per run and play, unless the variable
-    C(flashduty_change_key) is set. With C(serial), all batches of a play are one change.
-  - Each event carries the time it happened, not the time it was delivered.
-  - The title names the play and its hosts (the variable C(flashduty_change_title) overrides it); the link points
-    to the CI job or AWX/AAP job that ran the playbook (the variable C(flashduty_change_link) overrides it).
-  - The push URL is read for each play from the play's variables, including inventory C(group_vars) and
-    C(host_vars), as C(flashduty_push_url), or C(flashduty_integration_key) with C(flashduty_api_url). They may be
-    vaulted. Without them, the environment (E(FLASHDUTY_PUSH_URL)...) and then C(ansible.cfg) are used.
-    When the hosts of one play resolve different push URLs (say prod and staging C(group_vars) name different
-    Flashduty integrations), each push URL gets its own change, covering only its hosts.
-  - The play variable C(flashduty_enabled=false) (in the play, C(group_vars) or extra vars) mutes a play, or the
-    hosts it applies to. C(flashduty_labels), a dict templated in the play's context, adds labels.
-  - "Labels set on every change: C(play), C(hosts) (the target hosts after C(--limit), long lists summarised with a count of
-    the rest, like web1,web2,... (+498 more)), C(groups) (their groups and parent groups, without C(all) and C(ungrouped)),
-    C(host_count), C(playbook), C(host_pattern), C(limit), C(tags) and C(skip_tags) (when set), C(check_mode),
-    C(run_id), C(controller_user), C(controller_host), C(ansible_version); in per-host mode C(host)."
-  - "At the end of a play: C(outcome) (V(succeeded), V(partially_failed), V(failed) or V(interrupted)),
-    C(ok_count), C(changed_count), C(failed_count), C(unreachable_count) (numbers of hosts), and C(failed_hosts)
-    and C(unreachable_hosts) when there are any."
-  - "From CI, when detected: C(ci_system) (V(github_actions), V(gitlab_ci), V(jenkins) or V(awx)), C(ci_job_id),
-    C(ci_job_name), C(ci_repository), C(ci_ref), C(ci_commit), C(ci_actor)."
-  - Flashduty accepts at most 50 labels. C(flashduty_labels) and O(label_vars) win over the automatic labels
-    when the cap is reached; the automatic labels left out (the least important first, from the end of the lists
-    above) are named in one warning.
-  - Sending never slows the playbook down or changes its output or exit code. Events go out from background
-    threads; at the end of the run the callback waits at most O(flush_timeout) seconds, and what is not delivered
-    by then is written to the spool (O(spool_dir)) and sent by the next run. Each event Flashduty refuses
-    becomes one warning quoting its C(request_id).
-  - Enable it with C(callbacks_enabled = flashcat.flashduty.change_events) in the C([defaults]) section of
-    C(ansible.cfg) or with E(ANSIBLE_CALLBACKS_ENABLED=flashcat.flashduty.change_events), and store the push URL
-    vaulted; see the examples.
+  - Reports each play as one change in Flashduty under one change key, V(Processing) when it starts and V(Done)
+    when it ends (V(Canceled) when the run stops first), with how it went in the description and the labels.
+    O(status_map) changes these statuses.
+  - The endpoint is read for each play from the variables C(flashduty_push_url), or C(flashduty_integration_key)
+    with C(flashduty_api_url), vaulted or not, else from O(push_url), O(integration_key) and O(api_url).
+  - "Play variables: C(flashduty_enabled=false) mutes a play (or the hosts it is set for); C(flashduty_labels)
+    adds labels; C(flashduty_change_key), C(flashduty_change_title) and C(flashduty_change_link) replace the
+    generated key, title and link; C(flashduty_report_play=false) in a play's C(vars) reports no change for it."
+  - Once a P(flashcat.flashduty.change_event#module) task (or the C(flashcat.flashduty.change) role) has sent an
+    event for a change key, the callback sends nothing more under that key in the run.
+  - Sending never slows the playbook or changes its output or exit code; what is not delivered within
+    O(flush_timeout) is spooled for the next run.
+  - The R(callback guide,ansible_collections.flashcat.flashduty.docsite.callback) lists every label, with an
+    example payload.
 author:
   - Flashcat (@flashcat)
 requirements:
@@ -175,25 +152,18 @@ options:
         key: spool_dir
 notes:
   - Variables are read for one host of each set of hosts with the same groups and no host-level C(flashduty_*)
-    variable (or variable named in O(label_vars)), so templates in C(flashduty_labels) that use per-host variables
-    such as C(inventory_hostname) take the value of the first such host.
-  - Hosts that failed or were unreachable in an earlier play of the run are not targets of later plays, as in Ansible.
-  - Ansible tells callbacks when a play starts, not when it ends, so a play's end is sent when the next play starts
-    or the run ends. A fatal error between two plays (a bad host pattern, say) thus reports the play before it as
-    interrupted.
-  - Spooled events are delivered by the next run that uses the same push URL, before its own events. To deliver
-    them without waiting for one, run the playbook C(flashcat.flashduty.flush_spool) with this callback
-    enabled; its play sets the variable C(flashduty_replay_only=true), which replays the spool for the play's push
-    URL and reports nothing of its own.
-  - Events for the same change are delivered in order. The V(Done) event of the last play is sent when the run
-    ends; an endpoint that does not answer delays the end of the run by at most O(flush_timeout).
+    variable, so templates in C(flashduty_labels) that use per-host variables take the value of the first such host.
+  - A play's end is sent when the next play starts or the run ends, since Ansible does not tell callbacks when a play
+    ends.
+  - Spooled events are delivered by the next run that uses the same push URL, before its own events, or by the
+    playbook C(flashcat.flashduty.flush_spool).
 seealso:
   - module: flashcat.flashduty.change_event
 """
 
 EXAMPLES = r"""
 # ansible.cfg: report every play, wait at most 5 s for delivery at the end of the run,
-# and add the values of the variables app_version and team as labels.
+# and add the values of the variables app_version and team as labels:
 #
 #   [defaults]
 #   callbacks_enabled = flashcat.flashduty.change_events
@@ -201,28 +171,35 @@ EXAMPLES = r"""
 #   [flashduty]
 #   flush_timeout = 5
 #   label_vars = app_version, team
-#
-# The push URL, vaulted, for every host:
-#   ansible-vault encrypt_string '<push url>' --name flashduty_push_url >> group_vars/all/vault.yml
-#
-# Or from the environment, e.g. in CI:
-#   ANSIBLE_CALLBACKS_ENABLED=flashcat.flashduty.change_events FLASHDUTY_PUSH_URL=... ansible-playbook site.yml
 
-# group_vars/prod.yml: labels for every change on prod hosts, templated per play.
-flashduty_labels:
-  env: prod
-  service: "{{ service_name | default('checkout') }}"
-
-# group_vars/staging.yml: staging hosts report to another Flashduty integration.
+# group_vars/all/vault.yml: the push URL, vaulted, for every host
+# (ansible-vault encrypt_string --stdin-name flashduty_push_url >> group_vars/all/vault.yml):
+#
 #   flashduty_push_url: !vault |
 #     $ANSIBLE_VAULT;1.1;AES256
 #     ...
 
-# In a play (or with -e): a ticket as the change key, and a quiet play.
-# - name: Rotate logs
-#   hosts: all
-#   vars:
-#     flashduty_enabled: false
+# group_vars/prod.yml: labels on every change of prod hosts, templated in each play.
+flashduty_labels:
+  env: prod
+  service: "{{ service_name | default('checkout') }}"
+
+# A play reported under a ticket number as its change key, and a play not reported:
+#
+#   - name: Upgrade OpenSSL
+#     hosts: web
+#     vars:
+#       flashduty_change_key: CHG-1234
+#     roles:
+#       - openssl
+#
+#   - name: Rotate logs
+#     hosts: all
+#     vars:
+#       flashduty_enabled: false
+#     tasks:
+#       - name: Rotate
+#         ansible.builtin.command: logrotate /etc/logrotate.conf
 """
 
 import atexit

@@ -6,7 +6,6 @@ counting change keys and final statuses. The role example is taken from the guid
 """
 # pylint: disable=missing-function-docstring,redefined-outer-name,import-error
 
-import os
 import re
 import subprocess
 import sys
