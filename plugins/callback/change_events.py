@@ -658,7 +658,7 @@ class CallbackModule(CallbackBase):
 
     def _watch_explicit(self, task):
         """While a change_event task runs, read the events it sends; other tasks' results pay nothing for this."""
-        if (getattr(task, 'resolved_action', None) or task.action) in _EXPLICIT_ACTIONS:
+        if (getattr(task, 'resolved_action', None) or getattr(task, 'action', None)) in _EXPLICIT_ACTIONS:
             self.v2_runner_on_ok = self._explicit_ok  # an instance attribute: Ansible looks the method up per call
         elif 'v2_runner_on_ok' in self.__dict__:
             del self.v2_runner_on_ok

@@ -61,7 +61,7 @@ def run_in_terminal(command, cwd, env, answers, timeout=120):
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
+            ready = select.select([fd], [], [], 0.2)[0]
             if ready:
                 try:
                     data = os.read(fd, 4096)
@@ -81,7 +81,7 @@ def run_in_terminal(command, cwd, env, answers, timeout=120):
         else:
             os.kill(pid, signal.SIGKILL)
     finally:
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
         os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
