@@ -34,6 +34,10 @@ VENV_OLDEST := .venv/oldest
 VENV_NEWEST := .venv/newest
 STAMP_OLDEST := $(VENV_OLDEST)/.installed
 STAMP_NEWEST := $(VENV_NEWEST)/.installed
+# The documentation toolchain (requirements/docs.txt: antsibull-docs, Sphinx), apart so that it never
+# rebuilds the test venvs.
+VENV_DOCS := .venv/docs
+STAMP_DOCS := $(VENV_DOCS)/.installed
 # The benchmark's venv (bench/requirements.txt: the `ansible` package, which carries the peers).
 VENV_BENCH := .venv/bench
 STAMP_BENCH := $(VENV_BENCH)/.installed
@@ -70,6 +74,9 @@ help:
 	@echo '  ansible-lint    ansible-lint, profile production (.ansible-lint)'
 	@echo '  molecule        the role'"'"'s molecule scenario (tests/molecule/run.sh; not part of `test`)'
 	@echo '  changelog-lint  antsibull-changelog lint'
+	@echo '  docs            build the HTML docsite (plugin, role, playbook reference and guides) into $(DOCS_HTML)'
+	@echo '  docs-lint       antsibull-docs lint-collection-docs --plugin-docs (part of `test`)'
+	@echo '  release-notes   cut the release of galaxy.yml'"'"'s version: changelogs/changelog.yaml and CHANGELOG.md'
 	@echo '  build           ansible-galaxy collection build into $(DIST)'
 	@echo '  build-check     build, then check what the tarball contains'
 	@echo '  bench           benchmark: the change_events callback vs off vs the peers (~14 min; BENCH_QUICK=1: ~3 min),'
@@ -100,6 +107,8 @@ $(eval $(call venv-rule,$(VENV_OLDEST),PYTHON_OLDEST,requirements/oldest.txt))
 $(eval $(call venv-rule,$(VENV_NEWEST),PYTHON_NEWEST,requirements/newest.txt))
 # The benchmark's venv (`make bench`), on the newest interpreter.
 $(eval $(call venv-rule,$(VENV_BENCH),PYTHON_NEWEST,bench/requirements.txt))
+# The docs' venv (`make docs`, `make docs-lint`), on the newest interpreter.
+$(eval $(call venv-rule,$(VENV_DOCS),PYTHON_NEWEST,requirements/docs.txt))
 
 # The collection must be importable as ansible_collections.flashcat.flashduty:
 # a relative symlink to the repo root (tests/conftest.py makes the same one).
@@ -110,7 +119,7 @@ collections-link:
 
 # --------------------------------------------------------------------- test
 .PHONY: test
-test: ruff pytest-newest pytest-oldest sanity ansible-lint molecule changelog-lint build-check
+test: ruff pytest-newest pytest-oldest sanity ansible-lint molecule changelog-lint docs-lint build-check
 	@echo "==> [$$(date +%T)] make test: all checks passed"
 
 .PHONY: ruff
@@ -188,6 +197,41 @@ changelog-lint: $(STAMP_NEWEST)
 	$(BIN)/antsibull-changelog lint
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 
+# --------------------------------------------------------------------- docs
+# The docsite as docs.ansible.com builds collections: antsibull-docs writes the RST of every plugin,
+# role and playbook plus docs/docsite/rst (the guides), Sphinx renders it. The release workflow
+# publishes $(DOCS_HTML) (GitHub Pages), the address galaxy.yml's `documentation` gives.
+DOCS_BUILD := $(BUILD)/docs
+DOCS_HTML := $(DOCS_BUILD)/build/html
+DOCS_ENV = PATH='$(ROOT)/$(VENV_DOCS)/bin':"$$PATH" ANSIBLE_COLLECTIONS_PATH='$(ROOT)/$(COLLECTIONS)'
+.PHONY: docs docs-lint venv-docs
+venv-docs: $(STAMP_DOCS)
+
+docs: $(STAMP_DOCS) collections-link
+	@echo "==> [$$(date +%T)] antsibull-docs + Sphinx -> $(DOCS_HTML)"
+	rm -rf $(DOCS_BUILD)
+	mkdir -p $(DOCS_BUILD)
+	$(DOCS_ENV) antsibull-docs sphinx-init --use-current --squash-hierarchy --lenient --fail-on-error \
+	  --dest-dir $(DOCS_BUILD) flashcat.flashduty
+	cd $(DOCS_BUILD) && $(DOCS_ENV) ./build.sh
+	@test -s $(DOCS_HTML)/index.html && echo "docsite: $(DOCS_HTML)/index.html"
+
+# Every plugin's, role's and playbook's documentation and the guides: markup, links, references.
+docs-lint: $(STAMP_DOCS) collections-link
+	@echo "==> [$$(date +%T)] antsibull-docs lint-collection-docs --plugin-docs"
+	$(DOCS_ENV) antsibull-docs lint-collection-docs --plugin-docs .
+
+# Cut the release of galaxy.yml's version: fold changelogs/fragments into changelogs/changelog.yaml
+# and regenerate CHANGELOG.md. To add fragments that land later to the same (unpublished) release,
+# run it again: it merges them into that release (antsibull-changelog release --update-existing).
+.PHONY: release-notes
+release-notes: $(STAMP_NEWEST) collections-link
+	@echo "==> [$$(date +%T)] antsibull-changelog release $(VERSION)"
+	if grep -qE "^  '?$(VERSION)'?:" changelogs/changelog.yaml; then update=--update-existing; else update=; fi; \
+	  PATH='$(ROOT)/$(BIN)':"$$PATH" ANSIBLE_COLLECTIONS_PATH='$(ROOT)/$(COLLECTIONS)' \
+	  $(BIN)/antsibull-changelog release --version $(VERSION) $$update
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
 # -------------------------------------------------------------------- build
 .PHONY: build build-check
 build: $(STAMP_NEWEST)
@@ -205,7 +249,7 @@ build-check: build
 	@missing=$$(git ls-files -co --exclude-standard -- plugins meta roles playbooks docs README.md \
 	  | grep -v -E '(^|/)__pycache__/|\.pyc$$' | sort | comm -23 - $(BUILD)/tarball-contents.txt); \
 	if [ -n "$$missing" ]; then echo "tarball lacks files it must ship:" >&2; echo "$$missing" >&2; exit 1; fi
-	@for f in MANIFEST.json FILES.json README.md meta/runtime.yml; do \
+	@for f in MANIFEST.json FILES.json README.md LICENSE CHANGELOG.md CHANGELOG.rst changelogs/changelog.yaml meta/runtime.yml; do \
 	  grep -qx "$$f" $(BUILD)/tarball-contents.txt || { echo "tarball lacks $$f" >&2; exit 1; }; done
 	@echo "tarball OK: $$(wc -l < $(BUILD)/tarball-contents.txt) entries"
 

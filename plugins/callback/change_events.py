@@ -13,43 +13,20 @@ type: notification
 short_description: Report every play to Flashduty as a change event
 version_added: 1.0.0
 description:
-  - Reports each play as one change in Flashduty, so that when an alert fires the on-call engineer sees which hosts
-    Ansible changed, with which play, and how it went, next to the alert.
-  - A play sends V(Processing) when it starts and V(Done) when it ends, with the same change key, so Flashduty
-    merges them into one change spanning the play. A play whose hosts partly failed still ends V(Done), with the
-    outcome (failed and unreachable hosts, counts) in its description and labels. A run interrupted before the play
-    ended (Ctrl-C, SIGTERM, a fatal error) sends V(Canceled). O(status_map) changes these statuses.
-  - The change key is C(<run id>-<play index>), unique per run and play, unless the variable
-    C(flashduty_change_key) is set. With C(serial), all batches of a play are one change.
-  - Each event carries the time it happened, not the time it was delivered.
-  - The title names the play and its hosts (the variable C(flashduty_change_title) overrides it); the link points
-    to the CI job or AWX/AAP job that ran the playbook (the variable C(flashduty_change_link) overrides it).
-  - The push URL is read for each play from the play's variables, including inventory C(group_vars) and
-    C(host_vars), as C(flashduty_push_url), or C(flashduty_integration_key) with C(flashduty_api_url). They may be
-    vaulted. Without them, the environment (E(FLASHDUTY_PUSH_URL)...) and then C(ansible.cfg) are used.
-    When the hosts of one play resolve different push URLs (say prod and staging C(group_vars) name different
-    Flashduty integrations), each push URL gets its own change, covering only its hosts.
-  - The play variable C(flashduty_enabled=false) (in the play, C(group_vars) or extra vars) mutes a play, or the
-    hosts it applies to. C(flashduty_labels), a dict templated in the play's context, adds labels.
-  - "Labels set on every change: C(play), C(hosts) (the target hosts after C(--limit), long lists summarised with a count of
-    the rest, like web1,web2,... (+498 more)), C(groups) (their groups and parent groups, without C(all) and C(ungrouped)),
-    C(host_count), C(playbook), C(host_pattern), C(limit), C(tags) and C(skip_tags) (when set), C(check_mode),
-    C(run_id), C(controller_user), C(controller_host), C(ansible_version); in per-host mode C(host)."
-  - "At the end of a play: C(outcome) (V(succeeded), V(partially_failed), V(failed) or V(interrupted)),
-    C(ok_count), C(changed_count), C(failed_count), C(unreachable_count) (numbers of hosts), and C(failed_hosts)
-    and C(unreachable_hosts) when there are any."
-  - "From CI, when detected: C(ci_system) (V(github_actions), V(gitlab_ci), V(jenkins) or V(awx)), C(ci_job_id),
-    C(ci_job_name), C(ci_repository), C(ci_ref), C(ci_commit), C(ci_actor)."
-  - Flashduty accepts at most 50 labels. C(flashduty_labels) and O(label_vars) win over the automatic labels
-    when the cap is reached; the automatic labels left out (the least important first, from the end of the lists
-    above) are named in one warning.
-  - Sending never slows the playbook down or changes its output or exit code. Events go out from background
-    threads; at the end of the run the callback waits at most O(flush_timeout) seconds, and what is not delivered
-    by then is written to the spool (O(spool_dir)) and sent by the next run. Each event Flashduty refuses
-    becomes one warning quoting its C(request_id).
-  - Enable it with C(callbacks_enabled = flashcat.flashduty.change_events) in the C([defaults]) section of
-    C(ansible.cfg) or with E(ANSIBLE_CALLBACKS_ENABLED=flashcat.flashduty.change_events), and store the push URL
-    vaulted; see the examples.
+  - Reports each play as one change in Flashduty under one change key, V(Processing) when it starts and V(Done)
+    when it ends (V(Canceled) when the run stops first), with how it went in the description and the labels.
+    O(status_map) changes these statuses.
+  - The endpoint is read for each play from the variables C(flashduty_push_url), or C(flashduty_integration_key)
+    with C(flashduty_api_url), vaulted or not, else from O(push_url), O(integration_key) and O(api_url).
+  - "Play variables: C(flashduty_enabled=false) mutes a play (or the hosts it is set for); C(flashduty_labels)
+    adds labels; C(flashduty_change_key), C(flashduty_change_title) and C(flashduty_change_link) replace the
+    generated key, title and link; C(flashduty_report_play=false) in a play's C(vars) reports no change for it."
+  - Once a P(flashcat.flashduty.change_event#module) task (or the C(flashcat.flashduty.change) role) has sent an
+    event for a change key, the callback sends nothing more under that key in the run.
+  - Sending never slows the playbook or changes its output or exit code; what is not delivered within
+    O(flush_timeout) is spooled for the next run.
+  - The R(callback guide,ansible_collections.flashcat.flashduty.docsite.callback) lists every label, with an
+    example payload.
 author:
   - Flashcat (@flashcat)
 requirements:
@@ -181,25 +158,18 @@ notes:
   - A numeric option out of its range (O(timeout), O(retries), O(flush_timeout), O(max_rate)) gives one warning naming
     the option and the range, and its default is used.
   - Variables are read for one host of each set of hosts with the same groups and no host-level C(flashduty_*)
-    variable (or variable named in O(label_vars)), so templates in C(flashduty_labels) that use per-host variables
-    such as C(inventory_hostname) take the value of the first such host.
-  - Hosts that failed or were unreachable in an earlier play of the run are not targets of later plays, as in Ansible.
-  - Ansible tells callbacks when a play starts, not when it ends, so a play's end is sent when the next play starts
-    or the run ends. A fatal error between two plays (a bad host pattern, say) thus reports the play before it as
-    interrupted.
-  - Spooled events are delivered by the next run that uses the same push URL, before its own events. To deliver
-    them without waiting for one, run the playbook C(flashcat.flashduty.flush_spool) with this callback
-    enabled; its play sets the variable C(flashduty_replay_only=true), which replays the spool for the play's push
-    URL and reports nothing of its own.
-  - Events for the same change are delivered in order. The V(Done) event of the last play is sent when the run
-    ends; an endpoint that does not answer delays the end of the run by at most O(flush_timeout).
+    variable, so templates in C(flashduty_labels) that use per-host variables take the value of the first such host.
+  - A play's end is sent when the next play starts or the run ends, since Ansible does not tell callbacks when a play
+    ends.
+  - Spooled events are delivered by the next run that uses the same push URL, before its own events, or by the
+    playbook C(flashcat.flashduty.flush_spool).
 seealso:
   - module: flashcat.flashduty.change_event
 """
 
 EXAMPLES = r"""
 # ansible.cfg: report every play, wait at most 5 s for delivery at the end of the run,
-# and add the values of the variables app_version and team as labels.
+# and add the values of the variables app_version and team as labels:
 #
 #   [defaults]
 #   callbacks_enabled = flashcat.flashduty.change_events
@@ -207,28 +177,35 @@ EXAMPLES = r"""
 #   [flashduty]
 #   flush_timeout = 5
 #   label_vars = app_version, team
-#
-# The push URL, vaulted, for every host:
-#   ansible-vault encrypt_string '<push url>' --name flashduty_push_url >> group_vars/all/vault.yml
-#
-# Or from the environment, e.g. in CI:
-#   ANSIBLE_CALLBACKS_ENABLED=flashcat.flashduty.change_events FLASHDUTY_PUSH_URL=... ansible-playbook site.yml
 
-# group_vars/prod.yml: labels for every change on prod hosts, templated per play.
-flashduty_labels:
-  env: prod
-  service: "{{ service_name | default('checkout') }}"
-
-# group_vars/staging.yml: staging hosts report to another Flashduty integration.
+# group_vars/all/vault.yml: the push URL, vaulted, for every host
+# (ansible-vault encrypt_string --stdin-name flashduty_push_url >> group_vars/all/vault.yml):
+#
 #   flashduty_push_url: !vault |
 #     $ANSIBLE_VAULT;1.1;AES256
 #     ...
 
-# In a play (or with -e): a ticket as the change key, and a quiet play.
-# - name: Rotate logs
-#   hosts: all
-#   vars:
-#     flashduty_enabled: false
+# group_vars/prod.yml: labels on every change of prod hosts, templated in each play.
+flashduty_labels:
+  env: prod
+  service: "{{ service_name | default('checkout') }}"
+
+# A play reported under a ticket number as its change key, and a play not reported:
+#
+#   - name: Upgrade OpenSSL
+#     hosts: web
+#     vars:
+#       flashduty_change_key: CHG-1234
+#     roles:
+#       - openssl
+#
+#   - name: Rotate logs
+#     hosts: all
+#     vars:
+#       flashduty_enabled: false
+#     tasks:
+#       - name: Rotate
+#         ansible.builtin.command: logrotate /etc/logrotate.conf
 """
 
 import atexit
@@ -274,6 +251,10 @@ _UNREACHABLE = (UNREACHABLE,)
 
 # The host of a task result: its public ``host`` on ansible-core 2.19+, where ``_host`` is deprecated.
 _host_name = operator.attrgetter('host.name' if isinstance(getattr(TaskResult, 'host', None), property) else '_host.name')
+# The result dict of a task result: its public ``result`` on ansible-core 2.19+, where ``_result`` is deprecated.
+_result_dict = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
+# Tasks whose results are change events the playbook sent itself (the role sends through the same task).
+_EXPLICIT_ACTIONS = frozenset(('flashcat.flashduty.change_event',))
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -366,6 +347,8 @@ class CallbackModule(CallbackBase):
         self._sender = None
         self._reported_counts = None
         self._replayed = set()
+        self._explicit = {}  # change key -> the last status a change_event task sent for it in this run
+        self._replay_report = False
         self._decrypted = {}
         self._run_id = '%s-%s' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime()), uuid.uuid4().hex[:6])
         self._user, self._controller = _play.controller_identity()
@@ -499,8 +482,11 @@ class CallbackModule(CallbackBase):
                              tags=list(cli.get('tags') or ()), check_mode=state.check_mode, user=self._user,
                              controller=self._controller, ansible_version=ansible_version, run_id=self._run_id)
         ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
-        # A play of playbooks/flush_spool.yml: deliver what earlier runs spooled, report nothing of its own.
+        # The collection's own playbooks report no change of their own (send_change_event sends its event as a task);
+        # flush_spool also wants to hear what became of the spool. Either way the spool for the play's push URL is replayed.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
+        self._replay_report = self._replay_report or replay_only
+        replay_only = replay_only or not boolean(play.vars.get('flashduty_report_play', True), strict=False)
         for endpoint, parts in endpoints.items():
             if endpoint not in self._replayed:
                 self._replayed.add(endpoint)
@@ -515,6 +501,8 @@ class CallbackModule(CallbackBase):
         if state.check_mode or replay_only:
             return  # check mode: one Planned event when the play ends; replay only: no event at all
         for change in state.changes:
+            if change.key in self._explicit:
+                continue  # an earlier play's task reported this change: what the playbook said stands
             event = self._event(change, self._status_map['started'], _play.start_description(state.name, change.hosts, state.context),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
             if event is None:
@@ -687,11 +675,32 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._tally()
         self._show_messages()
+        self._watch_explicit(task)
 
     @_guarded
     def v2_playbook_on_handler_task_start(self, task):
         self._tally()
         self._show_messages()
+        self._watch_explicit(task)
+
+    def _watch_explicit(self, task):
+        """While a change_event task runs, read the events it sends; other tasks' results pay nothing for this."""
+        if (getattr(task, 'resolved_action', None) or getattr(task, 'action', None)) in _EXPLICIT_ACTIONS:
+            self.v2_runner_on_ok = self._explicit_ok  # an instance attribute: Ansible looks the method up per call
+        elif 'v2_runner_on_ok' in self.__dict__:
+            del self.v2_runner_on_ok
+
+    def _explicit_ok(self, result, **kwargs):
+        CallbackModule.v2_runner_on_ok(self, result, **kwargs)
+        try:
+            outcome = _result_dict(result)
+            for item in outcome.get('results') or [outcome]:
+                event = item.get('event') if isinstance(item, dict) else None
+                # status_code: Flashduty (or the receiver) answered; check mode and skipped tasks sent nothing.
+                if isinstance(event, dict) and event.get('change_key') and item.get('status_code') is not None:
+                    self._explicit['%s' % event['change_key']] = event.get('change_status')
+        except Exception as exc:
+            self._internal_error('reading a change_event result', exc)
 
     # ---------------------------------------------------------------- the end of plays and of the run
 
@@ -715,6 +724,11 @@ class CallbackModule(CallbackBase):
             self._dead_hosts.update(failed)
             self._dead_hosts.update(unreachable)
         for change in state.changes:
+            if change.key in self._explicit:
+                # A change_event task (or the role) reported this change: its status is the one Flashduty keeps.
+                self._display.vvv('%schange %s ends as the playbook reported it (%s): no end event of its own'
+                                  % (WARNING_PREFIX, change.key, self._explicit[change.key]))
+                continue
             summary = _play.play_outcome(change.hosts, state.counters, failed, unreachable)
             if state.check_mode:
                 if interrupted or (self._changed_only and not summary['changed']):
@@ -751,6 +765,8 @@ class CallbackModule(CallbackBase):
         counts = (report.delivered, report.failed, report.spooled, report.dropped, report.lost)
         if report.timed_out or counts != self._reported_counts:
             self._display.vv(report.summary())
+            if self._replay_report:  # flush_spool: what it delivered and what is left, at default verbosity
+                self._display.display(_spool_report(report, self._sender.spool))
         self._reported_counts = counts
 
     def _finish(self, reason):
@@ -887,6 +903,17 @@ def _pattern(hosts):
 
 def _rank(pair):
     return _play._LABEL_RANK.get(pair[0], len(_play._LABEL_RANK))
+
+
+def _spool_report(report, spool):
+    """What a flush_spool run did, in one line: delivered from the spool, and what is still in it."""
+    if spool is None:
+        return WARNING_PREFIX + 'no spool directory: nothing to deliver'
+    try:
+        left = '%d left in %s' % (spool.total(), spool.path)
+    except Exception as exc:  # the count is informative only; the flush already happened
+        left = 'what is left in %s is unknown (%s)' % (spool.path, exc)
+    return '%s%d spooled events delivered, %s' % (WARNING_PREFIX, report.replayed, left)
 
 
 def _final_failures(state):

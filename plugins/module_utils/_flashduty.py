@@ -534,7 +534,7 @@ def change_event_argument_spec():
         link=dict(type='str'),
         labels=dict(type='dict'),
         event_time=dict(type='raw'),
-        automatic_labels=dict(type='bool', default=False),
+        automatic_labels=dict(type='bool', default=True),
         push_url=dict(type='str', no_log=True),
         integration_key=dict(type='str', no_log=True),
         api_url=dict(type='str'),

@@ -90,9 +90,12 @@ options:
       - Without O(link) or C(flashduty_change_link), the link then points to the detected CI or AWX/AAP job.
       - The task's O(labels) and C(flashduty_labels) win over automatic labels of the same name; when the
         total would pass 50, the least important automatic labels are left out with a warning.
-      - Needs the action plugin (the normal case); the module run on its own fails with this option.
+      - The same default as the role's O(flashcat.flashduty.change#role:main:flashduty_change_automatic_labels)
+        and the C(flashcat.flashduty.send_change_event) playbook's C(automatic_labels). Set to V(false)
+        to send only O(labels) and C(flashduty_labels).
+      - Needs the action plugin (the normal case); the module run on its own sends the event without them, with a warning.
     type: bool
-    default: false
+    default: true
   total_timeout:
     description:
       - The longest, in seconds, the task spends on the event, retries and waits included, in wall-clock time
@@ -228,7 +231,7 @@ def main():
         supports_check_mode=True,
     )
     if module.params['automatic_labels']:
-        module.fail_json(msg='automatic_labels: needs the play, so it only works through the action plugin on the controller')
+        module.warn('automatic_labels: needs the play, which only the action plugin on the controller has; sent without them')
     result = run_change_event(module.params, module.check_mode, endpoint_settings(os.environ, 'environment'))
     for warning in result.pop('warnings', []):
         module.warn(warning)
