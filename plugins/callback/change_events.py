@@ -33,11 +33,25 @@ description:
     hosts it applies to. C(flashduty_labels), a dict templated in the play's context, adds labels.
   - "Labels set on every change: C(play), C(hosts) (the target hosts after C(--limit), long lists summarised with a count of
     the rest, like web1,web2,... (+498 more)), C(groups) (their groups and parent groups, without C(all) and C(ungrouped)),
-    C(host_count), C(playbook), C(host_pattern), C(limit), C(tags) and C(skip_tags) (when set), C(check_mode),
-    C(run_id), C(controller_user), C(controller_host), C(ansible_version); in per-host mode C(host)."
-  - "At the end of a play: C(outcome) (V(succeeded), V(partially_failed), V(failed) or V(interrupted)),
-    C(ok_count), C(changed_count), C(failed_count), C(unreachable_count) (numbers of hosts), and C(failed_hosts)
-    and C(unreachable_hosts) when there are any."
+    C(host_count), C(playbook), C(revision) (see below), C(host_pattern), C(limit), C(tags) and C(skip_tags) (when set),
+    C(check_mode), C(run_id), C(controller_user), C(controller_host), C(ansible_version); in per-host mode C(host); for an
+    ad-hoc run (C(ansible) with callbacks loaded) C(module) instead of C(playbook), and the title names the module."
+  - "At the end of a play, as the play recap has it: C(outcome) (V(succeeded), V(partially_failed), V(failed),
+    V(aborted) when Ansible stopped the play early because of failures (C(serial), C(any_errors_fatal),
+    C(max_fail_percentage)), or V(interrupted)), C(ok_count), C(changed_count), C(failed_count), C(unreachable_count)
+    (numbers of hosts), C(failed_hosts) and C(unreachable_hosts) when there are any, and when there are any
+    C(not_run_count) and C(not_run_hosts) (hosts of C(serial) batches that never started) and C(stopped_count) and
+    C(stopped_hosts) (hosts stopped by another host's failure)."
+  - "The V(Done) event's description says what changed: each changed task by name with its hosts, handlers included,
+    in the order they ran; each failed or unreachable host with the failing task and the first line of its message
+    (never for a task with C(no_log)); the task totals of the recap. Long lists are summarised (host ranges such as
+    C(web[1:40]), C(+N more), C(+N more tasks)) so that it stays within Flashduty's 2,048 characters. O(task_names)
+    leaves task names and messages out."
+  - "C(revision): the short git commit of the playbook's directory, with C(-dirty) when tracked files have uncommitted
+    changes, read once per playbook; when the playbook is not in a git work tree, the CI's commit (C(ci_commit))
+    shortened; no label otherwise."
+  - A play in which no task ran (C(--tags) or C(--start-at-task) skipped them all) is not reported. In per-host mode
+    each host's change starts when the first task of its C(serial) batch starts and ends at its own last task result.
   - "From CI, when detected: C(ci_system) (V(github_actions), V(gitlab_ci), V(jenkins) or V(awx)), C(ci_job_id),
     C(ci_job_name), C(ci_repository), C(ci_ref), C(ci_commit), C(ci_actor)."
   - Flashduty accepts at most 50 labels. C(flashduty_labels) and O(label_vars) win over the automatic labels
@@ -126,6 +140,18 @@ options:
     ini:
       - section: flashduty
         key: status_map
+  task_names:
+    description:
+      - Set to V(false) to leave the names of tasks and the messages of failed tasks out of descriptions; the hosts that
+        changed or failed and the counts are still reported.
+    type: bool
+    default: true
+    version_added: 1.1.0
+    env:
+      - name: FLASHDUTY_TASK_NAMES
+    ini:
+      - section: flashduty
+        key: task_names
   label_vars:
     description:
       - Names of variables whose values become labels of the same name, for example V(app_version).
@@ -247,23 +273,30 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     build_event,
     redact,
     resolve_push_url,
+    url_secrets,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import CHANGED, FAILED, IGNORED, OK, RESCUED, SKIPPED, UNREACHABLE
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _revision, _story
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import (
+    RESULT_CHANGED as _OK_CHANGED,
+    RESULT_FAILED as _FAILED,
+    RESULT_IGNORED as _IGNORED,
+    RESULT_IGNORED_CHANGED as _IGNORED_CHANGED,
+    RESULT_OK as _OK,
+    RESULT_RESCUED as _RESCUED,
+    RESULT_SKIPPED as _SKIPPED,
+    RESULT_UNREACHABLE as _UNREACHABLE,
+)
 
-# What one task result adds to its host's counters.
-_OK = (OK,)
-_OK_CHANGED = (OK, CHANGED)
-_SKIPPED = (SKIPPED,)
-_IGNORED = (OK, IGNORED)
-_IGNORED_CHANGED = (OK, IGNORED, CHANGED)
-_RESCUED = (RESCUED,)
-_FAILED = (FAILED,)
-_UNREACHABLE = (UNREACHABLE,)
-
-# The host of a task result: its public ``host`` on ansible-core 2.19+, where ``_host`` is deprecated.
-_host_name = operator.attrgetter('host.name' if isinstance(getattr(TaskResult, 'host', None), property) else '_host.name')
+# The host, task and data of a task result: public ``host``, ``task`` and ``result`` on ansible-core 2.19+,
+# where the underscored names are deprecated.
+_PUBLIC = isinstance(getattr(TaskResult, 'host', None), property)
+_host_name = operator.attrgetter('host.name' if _PUBLIC else '_host.name')
+_task_of = operator.attrgetter('task' if _PUBLIC else '_task')
+_task_key = operator.attrgetter('_uuid')
+_ADHOC_PLAYBOOK = '__adhoc_playbook__'
+_FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
+                           'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -300,9 +333,9 @@ class _Change:
     start event kept back in changed-only mode.
     """
 
-    __slots__ = ('push_url', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'start_time', 'held')
+    __slots__ = ('push_url', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'start_time', 'held', 'host', 'started')
 
-    def __init__(self, push_url, key, title, link, hosts, labels, user_labels, start_time):
+    def __init__(self, push_url, key, title, link, hosts, labels, user_labels, start_time, host=None):
         self.push_url = push_url
         self.key = key
         self.title = title
@@ -312,13 +345,15 @@ class _Change:
         self.user_labels = user_labels
         self.start_time = start_time
         self.held = None
+        self.host = host          # per-host mode: the host of this change
+        self.started = False      # its start event was sent (or held): a task of its hosts started
 
 
 class _PlayState:
     """What the callback tracks about the current play."""
 
-    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'counters', 'failed', 'unreachable', 'batches',
-                 'context')
+    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'log', 'failed', 'unreachable', 'batches',
+                 'context', 'targets', 'secrets', 'replay_only')
 
     def __init__(self, play, index, check_mode):
         self.uuid = play._uuid
@@ -326,12 +361,15 @@ class _PlayState:
         self.name = None
         self.check_mode = check_mode
         self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add) per task result, until _tally()
-        self.counters = {}
+        self.outcomes = []     # (host name, counter indexes to add, task, time) per task result, until _tally()
+        self.log = _outcome.PlayLog()
         self.failed = set()
         self.unreachable = set()
         self.batches = [play]
         self.context = None
+        self.targets = []
+        self.secrets = ()      # the integration keys of the play's push URLs, masked in what is taken from results
+        self.replay_only = False
 
 
 class CallbackModule(CallbackBase):
@@ -349,6 +387,8 @@ class CallbackModule(CallbackBase):
         self._outcomes = None  # the current play's outcomes list while its results are counted
         self._play_index = 0
         self._playbook = None
+        self._adhoc_module = None
+        self._git_revision = None
         self._dead_hosts = set()
         self._warned = set()
         self._sender = None
@@ -386,6 +426,7 @@ class CallbackModule(CallbackBase):
         self._per_host = bool(self.get_option('per_host'))
         self._changed_only = bool(self.get_option('changed_only'))
         self._check_mode_policy = self.get_option('check_mode') or 'skip'
+        self._task_names = bool(self.get_option('task_names'))
         self._label_vars = [name.strip() for name in (self.get_option('label_vars') or []) if name and name.strip()]
         self._flush_timeout = max(0.0, float(self.get_option('flush_timeout')))
         self._max_rate = self.get_option('max_rate')
@@ -428,8 +469,17 @@ class CallbackModule(CallbackBase):
     @_guarded
     def v2_playbook_on_start(self, playbook):
         path = getattr(playbook, '_file_name', None)
+        if path == _ADHOC_PLAYBOOK:
+            self._playbook = None
+            self._adhoc_module = context.CLIARGS.get('module_name') or 'command'
+            return
         if path:
             self._playbook = _play.playbook_label(path)
+            if self._config_ok:
+                started = time.monotonic()
+                self._git_revision = _revision.git_revision(os.path.dirname(os.path.abspath(path)))
+                self._display.vvv('Flashduty change events: revision %s read in %.3f s'
+                                  % (self._git_revision or '(not a git work tree)', time.monotonic() - started))
 
     @_guarded
     def v2_playbook_on_play_start(self, play):
@@ -439,6 +489,7 @@ class CallbackModule(CallbackBase):
         if current is not None and current.uuid == play._uuid:
             # The next serial batch of the same play: still one change.
             current.batches.append(play)
+            current.log.start_batch(_batch_hosts(play, current.targets))
             return
         self._close_play()
         self._play_index += 1
@@ -448,6 +499,7 @@ class CallbackModule(CallbackBase):
         if check_mode and self._check_mode_policy != 'planned':
             return
         self._open_changes(play, state)
+        state.log.start_batch(_batch_hosts(play, state.targets))
         self._show_messages()
 
     def _open_changes(self, play, state):
@@ -457,7 +509,11 @@ class CallbackModule(CallbackBase):
         hosts = reader.target_hosts(exclude=self._dead_hosts)
         if not hosts:
             return
-        state.name = '%s' % (play.get_name() or _pattern(play.hosts),)
+        state.targets = [host.name for host in hosts]
+        if self._adhoc_module:
+            state.name = 'ad-hoc %s' % self._adhoc_module
+        else:
+            state.name = '%s' % (play.get_name() or _pattern(play.hosts),)
         order = dict((host.name, index) for index, host in enumerate(hosts))
         endpoints = {}
         classes = reader.classes(hosts)
@@ -473,12 +529,16 @@ class CallbackModule(CallbackBase):
             return
         self._install_handlers()
         cli = context.CLIARGS
+        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
+        revision = self._git_revision or _revision.ci_revision((ci or {}).get('labels'))
         state.context = dict(playbook=self._playbook, pattern=_pattern(play.hosts), limit=cli.get('subset') or None,
                              tags=list(cli.get('tags') or ()), check_mode=state.check_mode, user=self._user,
-                             controller=self._controller, ansible_version=ansible_version, run_id=self._run_id)
-        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
+                             controller=self._controller, ansible_version=ansible_version, run_id=self._run_id,
+                             revision=revision, module=self._adhoc_module)
         # A play of playbooks/flush_spool.yml: deliver what earlier runs spooled, report nothing of its own.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
+        state.replay_only = replay_only
+        state.secrets = tuple(secret for push_url in endpoints for secret in url_secrets(push_url))
         for push_url, parts in endpoints.items():
             if push_url not in self._replayed:
                 self._replayed.add(push_url)
@@ -487,20 +547,35 @@ class CallbackModule(CallbackBase):
                 continue
             for warning in url_warnings(push_url, self._client_options['validate_certs']):
                 self._warn_once(warning)
-            self._add_changes(state, push_url, parts, order, ci, cli, now)
+            self._add_changes(state, push_url, parts, order, ci, cli, now, revision)
         if state.changes:
             self._outcomes = state.outcomes
-        if state.check_mode or replay_only:
-            return  # check mode: one Planned event when the play ends; replay only: no event at all
+
+    def _start_changes(self, state, batch, now):
+        """The first task of a batch starts: the changes of its hosts start (a play where no task runs is no change).
+
+        In per-play mode a change starts when the play did; in per-host mode when the host's batch starts its first task.
+        """
         for change in state.changes:
-            event = self._event(change, self._status_map['started'], _play.start_description(state.name, change.hosts, state.context),
+            if change.started or (change.host is not None and change.host not in batch):
+                continue
+            change.started = True
+            if change.host is not None:
+                change.start_time = now
+            if state.check_mode or state.replay_only:
+                continue  # check mode: one Planned event when the play ends; replay only: no event at all
+            event = self._event(change, self._status_map['started'],
+                                _play.start_description(state.name, change.hosts, state.context, what=self._what()),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
             if event is None:
                 continue
             if self._changed_only:
                 change.held = event  # sent with the end event, if the play changes something
             else:
-                self._sender.submit(change.push_url, event)
+                self._get_sender().submit(change.push_url, event)
+
+    def _what(self):
+        return 'ad-hoc run' if self._adhoc_module else 'play'
 
     def _resolve_class(self, reader, members, state):
         """``(push_url, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
@@ -538,9 +613,42 @@ class CallbackModule(CallbackBase):
             return None
         return push_url, values
 
-    def _add_changes(self, state, push_url, parts, order, ci, cli, now):
+    def _add_changes(self, state, push_url, parts, order, ci, cli, now, revision):
         hosts = sorted((host for members, dummy in parts for host in members), key=lambda host: order[host.name])
         names = [host.name for host in hosts]
+        link_ci = (ci or {}).get('link')
+        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(state.batches[0].hosts),
+                      limit=cli.get('subset') or None, tags=cli.get('tags'), skip_tags=cli.get('skip_tags'),
+                      check_mode=state.check_mode, run_id=self._run_id, controller_user=self._user,
+                      controller_host=self._controller, ansible_version=ansible_version, ci_labels=(ci or {}).get('labels'),
+                      revision=revision, module=self._adhoc_module)
+        if not self._per_host:
+            user_labels, settings = self._settings(parts)
+            groups = _play.visible_groups(group.name for host in hosts for group in host.get_groups())
+            key = settings.get('flashduty_change_key') or _play.default_change_key(self._run_id, state.index)
+            title = settings.get('flashduty_change_title') or _play.change_title(state.name, names, module=self._adhoc_module)
+            labels = _play.automatic_labels(names, groups, **common)
+            link = settings.get('flashduty_change_link') or link_ci
+            state.changes.append(_Change(push_url, key, title, link, names, labels, user_labels, now))
+            return
+        # Per-host mode: each host has the labels and settings of its own set of hosts, not those of the others.
+        changes = []
+        for members, values in parts:
+            user_labels, settings = self._settings([(members, values)])
+            user_key = settings.get('flashduty_change_key')
+            link = settings.get('flashduty_change_link') or link_ci
+            for host in members:
+                groups = _play.visible_groups(group.name for group in host.get_groups())
+                key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
+                title = settings.get('flashduty_change_title') or _play.change_title(state.name, [host.name], host=host.name,
+                                                                                     module=self._adhoc_module)
+                labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
+                changes.append(_Change(push_url, key, title, link, [host.name], labels, dict(user_labels), now, host=host.name))
+        changes.sort(key=lambda change: order[change.host])
+        state.changes.extend(changes)
+
+    def _settings(self, parts):
+        """The user labels of a change's sets of hosts (merged) and its first key, title and link settings."""
         user_sets = []
         settings = {}
         for _members, values in parts:
@@ -549,28 +657,7 @@ class CallbackModule(CallbackBase):
                 value = values.get(name)
                 if name not in settings and value not in (None, ''):
                     settings[name] = '%s' % (value,)
-        user_labels = _play.merge_user_labels(user_sets)
-        link = settings.get('flashduty_change_link') or (ci or {}).get('link')
-        ci_labels = (ci or {}).get('labels')
-        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(state.batches[0].hosts),
-                      limit=cli.get('subset') or None, tags=cli.get('tags'), skip_tags=cli.get('skip_tags'),
-                      check_mode=state.check_mode, run_id=self._run_id, controller_user=self._user,
-                      controller_host=self._controller, ansible_version=ansible_version, ci_labels=ci_labels)
-        user_key = settings.get('flashduty_change_key')
-        user_title = settings.get('flashduty_change_title')
-        if not self._per_host:
-            groups = _play.visible_groups(group.name for host in hosts for group in host.get_groups())
-            key = user_key or _play.default_change_key(self._run_id, state.index)
-            title = user_title or _play.change_title(state.name, names)
-            labels = _play.automatic_labels(names, groups, **common)
-            state.changes.append(_Change(push_url, key, title, link, names, labels, user_labels, now))
-            return
-        for host in hosts:
-            groups = _play.visible_groups(group.name for group in host.get_groups())
-            key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
-            title = user_title or _play.change_title(state.name, [host.name], host=host.name)
-            labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
-            state.changes.append(_Change(push_url, key, title, link, [host.name], labels, user_labels, now))
+        return _play.merge_user_labels(user_sets), settings
 
     def _user_labels(self, values):
         labels, problems = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels')
@@ -587,15 +674,15 @@ class CallbackModule(CallbackBase):
 
     # ---------------------------------------------------------------- task results (keep these tiny)
     #
-    # They run once per host and task on the strategy's thread: each appends (host name, counters to add)
-    # to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
-    # _tally() adds them up once per task.
+    # They run once per host and task on the strategy's thread: each appends (host name, counters to add, task,
+    # time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
+    # _tally() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
 
     def v2_runner_on_ok(self, result, **kwargs):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK))
+                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK, _task_of(result), _now()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_ok', exc)
 
@@ -603,7 +690,7 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _SKIPPED))
+                outcomes.append((_host_name(result), _SKIPPED, None, _now()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_skipped', exc)
 
@@ -613,17 +700,19 @@ class CallbackModule(CallbackBase):
             return
         try:
             name = _host_name(result)
+            task = _task_of(result)
             if ignore_errors:
-                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED))
+                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task, _now()))
                 return
             state = self._play
             # The strategy has already taken a failure a block rescues out of the play's removed hosts.
             removed = getattr(state.batches[-1], '_removed_hosts', None)
             if isinstance(removed, list) and name not in removed:
-                outcomes.append((name, _RESCUED))
+                outcomes.append((name, _RESCUED, task, _now()))
             else:
-                outcomes.append((name, _FAILED))
+                outcomes.append((name, _FAILED, task, _now()))
                 state.failed.add(name)
+                self._note_failure(state, name, _outcome.FAILURE, result, task)
         except Exception as exc:
             self._internal_error('v2_runner_on_failed', exc)
 
@@ -633,37 +722,59 @@ class CallbackModule(CallbackBase):
             return
         try:
             name = _host_name(result)
-            task = getattr(result, 'task', None) or result._task
+            task = _task_of(result)
             if getattr(task, 'ignore_unreachable', False):
-                outcomes.append((name, _IGNORED))
+                outcomes.append((name, _IGNORED, task, _now()))
             else:
-                outcomes.append((name, _UNREACHABLE))
+                outcomes.append((name, _UNREACHABLE, task, _now()))
                 self._play.unreachable.add(name)
+                self._note_failure(self._play, name, _outcome.UNREACHABLE_HOST, result, task)
         except Exception as exc:
             self._internal_error('v2_runner_on_unreachable', exc)
 
+    def _note_failure(self, state, host, kind, result, task):
+        """Keep the failing task and the first line of its message (never for no_log, keys masked)."""
+        name = self._task_label(task)
+        data = getattr(result, 'result', None) if _PUBLIC else getattr(result, '_result', None)
+        reason = _story.reason_of(data, bool(getattr(task, 'no_log', False)), state.secrets, redact)
+        if reason is None and isinstance(data, dict) and (getattr(task, 'no_log', False) or 'censored' in data):
+            reason = _story.HIDDEN_REASON
+        # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
+        stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
+        state.log.add_failure(host, kind, name, reason, stops)
+
+    @staticmethod
+    def _task_label(task):
+        try:
+            name = task.get_name()
+        except Exception:  # a task whose name cannot be rendered is still a task
+            name = getattr(task, 'action', None)
+        return ('%s' % (name or 'unnamed task',)).strip()
+
     def _tally(self):
-        """Add the outcomes gathered since the last call to the play's per-host counters."""
+        """Fold the outcomes gathered since the last call into the play's log."""
         state = self._play
         if state is None or not state.outcomes:
             return
-        counters = state.counters
-        for name, increments in state.outcomes:
-            host = counters.get(name)
-            if host is None:
-                host = counters[name] = _play.new_counters()
-            for index in increments:
-                host[index] += 1
+        state.log.add(state.outcomes, _task_key, self._task_label)
         del state.outcomes[:]
 
     @_guarded
     def v2_playbook_on_task_start(self, task, is_conditional):
-        self._tally()
-        self._show_messages()
+        self._task_starts(task)
 
     @_guarded
     def v2_playbook_on_handler_task_start(self, task):
+        self._task_starts(task)
+
+    def _task_starts(self, task):
         self._tally()
+        state = self._play
+        # Gathering facts alone is no change: the play starts with its first other task.
+        if state is not None and state.changes and not (getattr(task, 'implicit', False) and getattr(task, 'action', None) in _FACT_ACTIONS):
+            batch = state.log.first_task(time.time())
+            if batch is not None:
+                self._start_changes(state, batch, state.log.batch_started[-1])
         self._show_messages()
 
     # ---------------------------------------------------------------- the end of plays and of the run
@@ -687,8 +798,16 @@ class CallbackModule(CallbackBase):
         if not interrupted:
             self._dead_hosts.update(failed)
             self._dead_hosts.update(unreachable)
+        log = state.log
+        not_run, stopped, aborted = log.verdict(state.targets, failed, unreachable,
+                                                _max_fail_percentage(state.batches[0]) if not interrupted else None)
+        if interrupted:
+            not_run, stopped, aborted = set(), set(), False
+        context_line = _play.context_line(**state.context)
         for change in state.changes:
-            summary = _play.play_outcome(change.hosts, state.counters, failed, unreachable)
+            if not change.started:
+                continue  # no task of its hosts ran
+            summary = log.summary(change.hosts, failed, unreachable, not_run, stopped, aborted)
             if state.check_mode:
                 if interrupted or (self._changed_only and not summary['changed']):
                     continue
@@ -697,15 +816,18 @@ class CallbackModule(CallbackBase):
                 continue
             elif interrupted:
                 status = self._status_map['interrupted']
-                summary['outcome'] = _play.OUTCOME_INTERRUPTED
-            elif summary['outcome'] == _play.OUTCOME_SUCCEEDED:
+                summary['outcome'] = _outcome.OUTCOME_INTERRUPTED
+            elif summary['outcome'] == _outcome.OUTCOME_SUCCEEDED:
                 status = self._status_map['succeeded']
             else:
                 status = self._status_map['failed']
-            description = _play.end_description(state.name, change.hosts, summary, state.context, interrupted=interrupted,
-                                                check_mode=state.check_mode)
-            labels = sorted(change.labels + _play.outcome_labels(summary), key=_rank)
-            event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True), now)
+            description = _outcome.end_description(state.name, change.hosts, summary, context_line, interrupted=interrupted,
+                                                   check_mode=state.check_mode, task_names=self._task_names, what=self._what())
+            labels = sorted(change.labels + _outcome.outcome_labels(summary), key=_rank)
+            # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).
+            end = now if change.host is None or interrupted else log.last_result.get(change.host, now)
+            event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
+                                max(end, change.start_time))
             if event is None:
                 continue
             if change.held is not None:
@@ -846,6 +968,27 @@ class CallbackModule(CallbackBase):
         for warning in warnings:
             self._warn_once(warning)
         return event
+
+
+def _now():
+    return time.time()
+
+
+def _batch_hosts(play, targets):
+    """The hosts of the serial batch a play start announces: the inventory is restricted to them while it runs."""
+    try:
+        inventory = play.get_variable_manager()._inventory
+        return [host.name for host in inventory.get_hosts(play.hosts, order=getattr(play, 'order', None))]
+    except Exception:  # no inventory to ask (a test double): the batch is every target
+        return list(targets)
+
+
+def _max_fail_percentage(play):
+    value = getattr(play, 'max_fail_percentage', None)
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _pattern(hosts):
