@@ -503,5 +503,7 @@ def test_a_task_result_costs_microseconds():
     for _round in range(100):
         for result in results:
             callback.v2_runner_on_ok(result)
+        callback.v2_playbook_on_task_start(TASK, False)  # folds the task's results in
     per_result = (time.perf_counter() - started) / (100 * len(results))
+    print("per task result, with its share of the fold at the next task: %.2f us" % (per_result * 1e6))
     assert per_result < 50e-6, per_result  # a host-task costs Ansible itself about 60 ms
