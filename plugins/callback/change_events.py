@@ -297,6 +297,8 @@ _task_key = operator.attrgetter('_uuid')
 _ADHOC_PLAYBOOK = '__adhoc_playbook__'
 _FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
                            'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
+# meta tasks (end_play, flush_handlers...) steer the play and run nothing on its hosts.
+_META_ACTIONS = frozenset(('meta', 'ansible.builtin.meta', 'ansible.legacy.meta'))
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -770,8 +772,7 @@ class CallbackModule(CallbackBase):
     def _task_starts(self, task):
         self._tally()
         state = self._play
-        # Gathering facts alone is no change: the play starts with its first other task.
-        if state is not None and state.changes and not (getattr(task, 'implicit', False) and getattr(task, 'action', None) in _FACT_ACTIONS):
+        if state is not None and state.changes and _runs_something(task):
             batch = state.log.first_task(time.time())
             if batch is not None:
                 self._start_changes(state, batch, state.log.batch_started[-1])
@@ -968,6 +969,14 @@ class CallbackModule(CallbackBase):
         for warning in warnings:
             self._warn_once(warning)
         return event
+
+
+def _runs_something(task):
+    """Whether a task starting makes the play a change: not a meta task, nor the implicit fact gathering alone."""
+    action = getattr(task, 'action', None)
+    if action in _META_ACTIONS:
+        return False
+    return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
 
 
 def _now():
