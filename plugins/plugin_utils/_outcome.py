@@ -164,10 +164,9 @@ class PlayLog:
             outcome = OUTCOME_PARTIALLY_FAILED
         else:
             outcome = OUTCOME_SUCCEEDED
-        members = set(hosts)
         tasks = []
         for name, task_hosts in self.changed.values():
-            mine = [host for host in task_hosts if host in members]
+            mine = [host for host in hosts if host in task_hosts]  # in the play's order of hosts, not the order results came
             if mine:
                 tasks.append((name, mine))
         summary = dict(outcome=outcome, totals=dict(zip(COUNTERS, totals)), tasks=tasks,
