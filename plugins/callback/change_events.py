@@ -293,7 +293,9 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import
 _PUBLIC = isinstance(getattr(TaskResult, 'host', None), property)
 _host_name = operator.attrgetter('host.name' if _PUBLIC else '_host.name')
 _task_of = operator.attrgetter('task' if _PUBLIC else '_task')
-_task_key = operator.attrgetter('_uuid')
+# Results keep only the id of their task (a str): holding the task copies of a whole task would keep them alive and
+# free them in _tally() instead of in the strategy.
+_task_id = operator.attrgetter('task._uuid' if _PUBLIC else '_task._uuid')
 _ADHOC_PLAYBOOK = '__adhoc_playbook__'
 _FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
                            'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
@@ -684,7 +686,7 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK, _task_of(result), _now()))
+                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK, _task_id(result), _now()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_ok', exc)
 
@@ -704,15 +706,15 @@ class CallbackModule(CallbackBase):
             name = _host_name(result)
             task = _task_of(result)
             if ignore_errors:
-                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task, _now()))
+                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task._uuid, _now()))
                 return
             state = self._play
             # The strategy has already taken a failure a block rescues out of the play's removed hosts.
             removed = getattr(state.batches[-1], '_removed_hosts', None)
             if isinstance(removed, list) and name not in removed:
-                outcomes.append((name, _RESCUED, task, _now()))
+                outcomes.append((name, _RESCUED, task._uuid, _now()))
             else:
-                outcomes.append((name, _FAILED, task, _now()))
+                outcomes.append((name, _FAILED, task._uuid, _now()))
                 state.failed.add(name)
                 self._note_failure(state, name, _outcome.FAILURE, result, task)
         except Exception as exc:
@@ -726,9 +728,9 @@ class CallbackModule(CallbackBase):
             name = _host_name(result)
             task = _task_of(result)
             if getattr(task, 'ignore_unreachable', False):
-                outcomes.append((name, _IGNORED, task, _now()))
+                outcomes.append((name, _IGNORED, task._uuid, _now()))
             else:
-                outcomes.append((name, _UNREACHABLE, task, _now()))
+                outcomes.append((name, _UNREACHABLE, task._uuid, _now()))
                 self._play.unreachable.add(name)
                 self._note_failure(self._play, name, _outcome.UNREACHABLE_HOST, result, task)
         except Exception as exc:
@@ -758,7 +760,7 @@ class CallbackModule(CallbackBase):
         state = self._play
         if state is None or not state.outcomes:
             return
-        state.log.add(state.outcomes, _task_key, self._task_label)
+        state.log.add(state.outcomes)
         del state.outcomes[:]
 
     @_guarded
@@ -772,6 +774,8 @@ class CallbackModule(CallbackBase):
     def _task_starts(self, task):
         self._tally()
         state = self._play
+        if state is not None and state.changes:
+            state.log.name_task(getattr(task, '_uuid', None), self._task_label(task))
         if state is not None and state.changes and _runs_something(task):
             batch = state.log.first_task(time.time())
             if batch is not None:

@@ -7,8 +7,9 @@
 
 Private to this collection: not a public API, may change without notice.
 
-The callback appends one ``(host, increments, task, time)`` tuple per task result
-(the hot path); PlayLog.add() folds them in once per task. What Ansible does not
+The callback appends one ``(host, increments, task id, time)`` tuple per task result
+(the hot path), names each task once when it starts (PlayLog.name_task), and
+PlayLog.add() folds the results in once per task. What Ansible does not
 tell callbacks directly is inferred the same way on every ansible-core:
 - hosts of a ``serial`` batch that never started (the play was aborted before
   it) never ran;
@@ -57,7 +58,7 @@ def new_counters():
 class PlayLog:
     """What one play did, gathered from its task results and batches."""
 
-    __slots__ = ('counters', 'changed', 'failures', 'last_result', 'batches', 'batch_started')
+    __slots__ = ('counters', 'changed', 'failures', 'last_result', 'batches', 'batch_started', 'task_names')
 
     def __init__(self):
         self.counters = {}        # host -> new_counters()
@@ -66,6 +67,7 @@ class PlayLog:
         self.last_result = {}     # host -> time of its last task result
         self.batches = []         # host names of each serial batch, in order
         self.batch_started = []   # per batch: time its first task started, None until then
+        self.task_names = {}      # task id -> name, from the task's start
 
     def start_batch(self, hosts):
         self.batches.append(frozenset(hosts))
@@ -90,13 +92,15 @@ class PlayLog:
                 return started
         return None
 
-    def add(self, outcomes, task_key, task_name):
-        """Fold in the ``(host, increments, task, time)`` tuples the callback gathered; ``task_key(task)`` and
-        ``task_name(task)`` are asked once per changed result and once per task."""
+    def name_task(self, task_id, name):
+        self.task_names[task_id] = name
+
+    def add(self, outcomes):
+        """Fold in the ``(host, increments, task id, time)`` tuples the callback gathered."""
         counters = self.counters
         last = self.last_result
         changed = self.changed
-        for host, increments, task, when in outcomes:
+        for host, increments, task_id, when in outcomes:
             counts = counters.get(host)
             if counts is None:
                 counts = counters[host] = new_counters()
@@ -104,10 +108,9 @@ class PlayLog:
                 counts[index] += 1
             last[host] = when
             if increments is RESULT_CHANGED or increments is RESULT_IGNORED_CHANGED:
-                key = task_key(task)
-                record = changed.get(key)
+                record = changed.get(task_id)
                 if record is None:
-                    record = changed[key] = (task_name(task), {})
+                    record = changed[task_id] = (self.task_names.get(task_id) or 'a task', {})
                 record[1][host] = None
 
     def add_failure(self, host, kind, task_name, reason, stops_batch):

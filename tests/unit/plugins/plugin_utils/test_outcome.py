@@ -18,20 +18,15 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import
 CONTEXT = "Playbook site.yml, run r."
 
 
-def task_key(task):
-    return task
-
-
-def task_name(task):
-    return "Task " + task
-
-
 def log_of(batches, results):
     log = PlayLog()
     for number, hosts in enumerate(batches):
         log.start_batch(hosts)
         log.first_task(float(number))
-    log.add(results, task_key, task_name)
+    for _host, _increments, task_id, _time in results:
+        if task_id is not None:
+            log.name_task(task_id, "Task " + task_id)
+    log.add(results)
     return log
 
 
@@ -51,7 +46,7 @@ def test_a_serial_batch_that_never_started_never_ran_and_the_play_was_aborted():
     log = PlayLog()
     log.start_batch(["a"])
     assert log.first_task(10.0) == frozenset(["a"]) and log.first_task(11.0) is None
-    log.add([("a", RESULT_FAILED, "1", 12.0)], task_key, task_name)
+    log.add([("a", RESULT_FAILED, "1", 12.0)])
     log.add_failure("a", FAILURE, "Task 1", "boom", False)
     not_run, stopped, aborted = log.verdict(["a", "b", "c", "d"], {"a"}, set())
     assert (not_run, stopped, aborted) == ({"b", "c", "d"}, set(), True)
