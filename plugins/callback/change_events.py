@@ -365,7 +365,7 @@ class _PlayState:
         self.name = None
         self.check_mode = check_mode
         self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add, task, time) per task result, until _tally()
+        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until _tally()
         self.log = _outcome.PlayLog()
         self.failed = set()
         self.unreachable = set()
@@ -569,7 +569,7 @@ class CallbackModule(CallbackBase):
             if state.check_mode or state.replay_only:
                 continue  # check mode: one Planned event when the play ends; replay only: no event at all
             event = self._event(change, self._status_map['started'],
-                                _play.start_description(state.name, change.hosts, state.context, what=self._what()),
+                                _play.start_description(self._subject(state), change.hosts, state.context, what=self._what()),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
             if event is None:
                 continue
@@ -579,7 +579,11 @@ class CallbackModule(CallbackBase):
                 self._get_sender().submit(change.push_url, event)
 
     def _what(self):
-        return 'ad-hoc run' if self._adhoc_module else 'play'
+        return 'ad-hoc run of' if self._adhoc_module else 'play'
+
+    def _subject(self, state):
+        """What descriptions name: the play, or the module of an ad-hoc run."""
+        return self._adhoc_module or state.name
 
     def _resolve_class(self, reader, members, state):
         """``(push_url, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
@@ -678,7 +682,7 @@ class CallbackModule(CallbackBase):
 
     # ---------------------------------------------------------------- task results (keep these tiny)
     #
-    # They run once per host and task on the strategy's thread: each appends (host name, counters to add, task,
+    # They run once per host and task on the strategy's thread: each appends (host name, counters to add, task id,
     # time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
     # _tally() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
 
@@ -826,7 +830,7 @@ class CallbackModule(CallbackBase):
                 status = self._status_map['succeeded']
             else:
                 status = self._status_map['failed']
-            description = _outcome.end_description(state.name, change.hosts, summary, context_line, interrupted=interrupted,
+            description = _outcome.end_description(self._subject(state), change.hosts, summary, context_line, interrupted=interrupted,
                                                    check_mode=state.check_mode, task_names=self._task_names, what=self._what())
             labels = sorted(change.labels + _outcome.outcome_labels(summary), key=_rank)
             # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).

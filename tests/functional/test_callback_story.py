@@ -189,6 +189,7 @@ def test_ad_hoc_runs_are_titled_with_the_module_and_pattern(project, receiver, c
         "ad-hoc ansible.builtin.ping", "ansible.builtin.ping", "web", "succeeded")
     assert "playbook" not in labels
     assert "__adhoc_playbook__" not in repr(receiver.events)
+    assert done["description"].startswith('Ansible ad-hoc run of "ansible.builtin.ping" finished on 2 hosts: 2 ok (0 changed)')
     assert "Ad-hoc run of ansible.builtin.ping (hosts: web" in done["description"]
 
 
