@@ -393,6 +393,7 @@ class CallbackModule(CallbackBase):
         self._playbook = None
         self._adhoc_module = None
         self._git_revision = None
+        self._clock = float
         self._dead_hosts = set()
         self._warned = set()
         self._sender = None
@@ -431,6 +432,8 @@ class CallbackModule(CallbackBase):
         self._changed_only = bool(self.get_option('changed_only'))
         self._check_mode_policy = self.get_option('check_mode') or 'skip'
         self._task_names = bool(self.get_option('task_names'))
+        # When each task result came is only needed for the end of each host's own change (per-host mode).
+        self._clock = time.time if self._per_host else float
         self._label_vars = [name.strip() for name in (self.get_option('label_vars') or []) if name and name.strip()]
         self._flush_timeout = max(0.0, float(self.get_option('flush_timeout')))
         self._max_rate = self.get_option('max_rate')
@@ -690,7 +693,10 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK, _task_id(result), _now()))
+                if result.is_changed():  # only a change needs its task, to be listed
+                    outcomes.append((_host_name(result), _OK_CHANGED, _task_id(result), self._clock()))
+                else:
+                    outcomes.append((_host_name(result), _OK, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_ok', exc)
 
@@ -698,7 +704,7 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _SKIPPED, None, _now()))
+                outcomes.append((_host_name(result), _SKIPPED, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_skipped', exc)
 
@@ -710,15 +716,15 @@ class CallbackModule(CallbackBase):
             name = _host_name(result)
             task = _task_of(result)
             if ignore_errors:
-                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task._uuid, _now()))
+                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task._uuid, self._clock()))
                 return
             state = self._play
             # The strategy has already taken a failure a block rescues out of the play's removed hosts.
             removed = getattr(state.batches[-1], '_removed_hosts', None)
             if isinstance(removed, list) and name not in removed:
-                outcomes.append((name, _RESCUED, task._uuid, _now()))
+                outcomes.append((name, _RESCUED, task._uuid, self._clock()))
             else:
-                outcomes.append((name, _FAILED, task._uuid, _now()))
+                outcomes.append((name, _FAILED, task._uuid, self._clock()))
                 state.failed.add(name)
                 self._note_failure(state, name, _outcome.FAILURE, result, task)
         except Exception as exc:
@@ -732,9 +738,9 @@ class CallbackModule(CallbackBase):
             name = _host_name(result)
             task = _task_of(result)
             if getattr(task, 'ignore_unreachable', False):
-                outcomes.append((name, _IGNORED, task._uuid, _now()))
+                outcomes.append((name, _IGNORED, task._uuid, self._clock()))
             else:
-                outcomes.append((name, _UNREACHABLE, task._uuid, _now()))
+                outcomes.append((name, _UNREACHABLE, task._uuid, self._clock()))
                 self._play.unreachable.add(name)
                 self._note_failure(self._play, name, _outcome.UNREACHABLE_HOST, result, task)
         except Exception as exc:
@@ -985,10 +991,6 @@ def _runs_something(task):
     if action in _META_ACTIONS:
         return False
     return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
-
-
-def _now():
-    return time.time()
 
 
 def _batch_hosts(play, targets):
