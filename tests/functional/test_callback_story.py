@@ -155,7 +155,7 @@ def test_per_host_changes_carry_their_own_labels_and_times(play, receiver, proje
     free = {group[0]["labels"]["host"]: group for group in groups if group[0]["labels"]["play"] == "Each at its pace"}
     assert {host: (group[1]["labels"]["app_version"], group[1]["labels"].get("team")) for host, group in serial.items()} == {
         "web1": ("1.0", "platform"), "web2": ("2.0", "platform"), "db1": ("3.0", "dba")}
-    # serial: 1: each host's change spans its own batch, one after the other.
+    # serial: 1: each host's change spans its own batch (1.1 s of work: event times are whole seconds), one after the other.
     order = [serial[host] for host in ("web1", "web2", "db1")]
     for (start, done), (next_start, _done) in zip(order, order[1:]):
         assert start["event_time"] < done["event_time"] <= next_start["event_time"]
