@@ -159,7 +159,7 @@ def test_per_host_changes_carry_their_own_labels_and_times(play, receiver, proje
     order = [serial[host] for host in ("web1", "web2", "db1")]
     for (start, done), (next_start, _done) in zip(order, order[1:]):
         assert start["event_time"] < done["event_time"] <= next_start["event_time"]
-    # free: web1 is done long before web2 (2 s of work).
+    # free: web1 is done long before web2 (3 s of work; event times are whole seconds).
     assert free["web2"][1]["event_time"] - free["web1"][1]["event_time"] > 1.0
     assert 'Changed: "Work as long as the host needs" on web2' in free["web2"][1]["description"]
 
