@@ -1073,11 +1073,21 @@ def _cut(text, width):
 
 
 TABLE_LABELS_FIRST = ("hosts", "groups", "outcome", "failed_hosts", "unreachable_hosts", "changed_count", "service")
+# The lines of a description that say what a change did, shown under its row.
+TABLE_STORY_PREFIXES = ("Changed", "Would change", "Failed:", "Unreachable:", "Never ran:", "Stopped ")
+
+
+def _story_lines(description, width=160):
+    if not isinstance(description, str):
+        return []
+    return ["    " + _cut(line, width) for line in description.splitlines() if line.startswith(TABLE_STORY_PREFIXES)]
 
 
 def format_table(records, labels_width=80):
-    """Render accepted records as an aligned text table (with a count line)."""
+    """Render accepted records as an aligned text table (with a count line); under each event, what its
+    description says changed or failed."""
     rows = []
+    stories = []
     for record in records:
         event = record.get("event") if isinstance(record, dict) else None
         if not isinstance(event, dict):
@@ -1094,11 +1104,13 @@ def format_table(records, labels_width=80):
         label_text = " ".join(f"{k}={_cut(v, 40)}" for k, v in ordered)
         rows.append((stamp, str(event.get("change_status", "")), _cut(event.get("change_key", ""), 40),
                      _cut(event.get("title", ""), 60), _cut(label_text, labels_width)))
+        stories.append(_story_lines(event.get("description")))
     header = ("TIME", "STATUS", "CHANGE_KEY", "TITLE", "LABELS")
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header) - 1)]
     lines = []
-    for row in [header] + rows:
+    for row, story in zip([header] + rows, [[]] + stories):
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1])
+        lines.extend(story)
     keys = {row[2] for row in rows}
     lines.append(f"{len(rows)} event{'s' if len(rows) != 1 else ''} ({len(keys)} change key{'s' if len(keys) != 1 else ''})")
     return "\n".join(line.rstrip() for line in lines)

@@ -23,6 +23,13 @@ description:
     generated key, title and link; C(flashduty_report_play=false) in a play's C(vars) reports no change for it."
   - Once a P(flashcat.flashduty.change_event#module) task (or the C(flashcat.flashduty.change) role) has sent an
     event for a change key, the callback sends nothing more under that key in the run.
+  - "The V(Done) event says what changed: each changed task by name with its hosts, in the order they ran; each
+    failed or unreachable host with the failing task and the first line of its message (never for a C(no_log) task);
+    the task totals of the play recap. Its outcome is the recap's: V(aborted) when Ansible stopped the play early
+    (C(serial), C(any_errors_fatal)), and hosts that never ran or were stopped are not counted ok. O(task_names)
+    leaves task names and messages out."
+  - A play in which no task ran (C(--tags) or C(--start-at-task) skipped them all) is not reported. An ad-hoc run
+    (C(ansible) with callbacks loaded) is titled and labelled with its module.
   - Sending never slows the playbook or changes its output or exit code; what is not delivered within
     O(flush_timeout) is spooled for the next run.
   - The R(callback guide,ansible_collections.flashcat.flashduty.docsite.callback) lists every label, with an
@@ -103,6 +110,18 @@ options:
     ini:
       - section: flashduty
         key: status_map
+  task_names:
+    description:
+      - Set to V(false) to leave the names of tasks and the messages of failed tasks out of descriptions; the hosts that
+        changed or failed and the counts are still reported.
+    type: bool
+    default: true
+    version_added: 1.1.0
+    env:
+      - name: FLASHDUTY_TASK_NAMES
+    ini:
+      - section: flashduty
+        key: task_names
   label_vars:
     description:
       - Names of variables whose values become labels of the same name, for example V(app_version).
@@ -236,25 +255,35 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     truncate,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play, _play_vars
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import CHANGED, FAILED, IGNORED, OK, RESCUED, SKIPPED, UNREACHABLE
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _play_vars, _revision, _story
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import (
+    RESULT_CHANGED as _OK_CHANGED,
+    RESULT_FAILED as _FAILED,
+    RESULT_IGNORED as _IGNORED,
+    RESULT_IGNORED_CHANGED as _IGNORED_CHANGED,
+    RESULT_OK as _OK,
+    RESULT_RESCUED as _RESCUED,
+    RESULT_SKIPPED as _SKIPPED,
+    RESULT_UNREACHABLE as _UNREACHABLE,
+)
 
-# What one task result adds to its host's counters.
-_OK = (OK,)
-_OK_CHANGED = (OK, CHANGED)
-_SKIPPED = (SKIPPED,)
-_IGNORED = (OK, IGNORED)
-_IGNORED_CHANGED = (OK, IGNORED, CHANGED)
-_RESCUED = (RESCUED,)
-_FAILED = (FAILED,)
-_UNREACHABLE = (UNREACHABLE,)
-
-# The host of a task result: its public ``host`` on ansible-core 2.19+, where ``_host`` is deprecated.
-_host_name = operator.attrgetter('host.name' if isinstance(getattr(TaskResult, 'host', None), property) else '_host.name')
+# The host, task and data of a task result: public ``host``, ``task`` and ``result`` on ansible-core 2.19+,
+# where the underscored names are deprecated.
+_PUBLIC = isinstance(getattr(TaskResult, 'host', None), property)
+_host_name = operator.attrgetter('host.name' if _PUBLIC else '_host.name')
+_task_of = operator.attrgetter('task' if _PUBLIC else '_task')
+# Results keep only the id of their task (a str): holding the task copies of a whole task would keep them alive and
+# free them in _tally() instead of in the strategy.
+_task_id = operator.attrgetter('task._uuid' if _PUBLIC else '_task._uuid')
 # The result dict of a task result: its public ``result`` on ansible-core 2.19+, where ``_result`` is deprecated.
 _result_dict = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
 # Tasks whose results are change events the playbook sent itself (the role sends through the same task).
 _EXPLICIT_ACTIONS = frozenset(('flashcat.flashduty.change_event',))
+_ADHOC_PLAYBOOK = '__adhoc_playbook__'
+_FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
+                           'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
+# meta tasks (end_play, flush_handlers...) steer the play and run nothing on its hosts.
+_META_ACTIONS = frozenset(('meta', 'ansible.builtin.meta', 'ansible.legacy.meta'))
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -292,9 +321,10 @@ class _Change:
     in changed-only mode.
     """
 
-    __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held')
+    __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held', 'host',
+                 'started')
 
-    def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, masked=()):
+    def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, host=None, masked=()):
         self.endpoint = endpoint
         self.key = key
         self.title = title
@@ -305,13 +335,15 @@ class _Change:
         self.masked = masked
         self.start_time = start_time
         self.held = None
+        self.host = host          # per-host mode: the host of this change
+        self.started = False      # its start event was sent (or held): a task of its hosts started
 
 
 class _PlayState:
     """What the callback tracks about the current play."""
 
-    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'counters', 'failed', 'unreachable', 'batches',
-                 'context')
+    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'log', 'failed', 'unreachable', 'batches',
+                 'context', 'targets', 'secrets', 'replay_only')
 
     def __init__(self, play, index, check_mode):
         self.uuid = play._uuid
@@ -319,12 +351,15 @@ class _PlayState:
         self.name = None
         self.check_mode = check_mode
         self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add) per task result, until _tally()
-        self.counters = {}
+        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until _tally()
+        self.log = _outcome.PlayLog()
         self.failed = set()
         self.unreachable = set()
         self.batches = [play]
         self.context = None
+        self.targets = []
+        self.secrets = ()      # the integration keys of the play's push URLs, masked in what is taken from results
+        self.replay_only = False
 
 
 class CallbackModule(CallbackBase):
@@ -342,6 +377,9 @@ class CallbackModule(CallbackBase):
         self._outcomes = None  # the current play's outcomes list while its results are counted
         self._play_index = 0
         self._playbook = None
+        self._adhoc_module = None
+        self._git_revision = None
+        self._clock = float
         self._dead_hosts = set()
         self._warned = set()
         self._sender = None
@@ -381,6 +419,9 @@ class CallbackModule(CallbackBase):
         self._per_host = bool(self.get_option('per_host'))
         self._changed_only = bool(self.get_option('changed_only'))
         self._check_mode_policy = self.get_option('check_mode') or 'skip'
+        self._task_names = bool(self.get_option('task_names'))
+        # When each task result came is only needed for the end of each host's own change (per-host mode).
+        self._clock = time.time if self._per_host else float
         self._label_vars = [name.strip() for name in (self.get_option('label_vars') or []) if name and name.strip()]
         self._flush_timeout = float(self._number_option('flush_timeout'))
         self._max_rate = float(self._number_option('max_rate'))
@@ -433,8 +474,17 @@ class CallbackModule(CallbackBase):
     @_guarded
     def v2_playbook_on_start(self, playbook):
         path = getattr(playbook, '_file_name', None)
+        if path == _ADHOC_PLAYBOOK:
+            self._playbook = None
+            self._adhoc_module = context.CLIARGS.get('module_name') or 'command'
+            return
         if path:
             self._playbook = _play.playbook_label(path)
+            if self._config_ok:
+                started = time.monotonic()
+                self._git_revision = _revision.git_revision(os.path.dirname(os.path.abspath(path)))
+                self._display.vvv('Flashduty change events: revision %s read in %.3f s'
+                                  % (self._git_revision or '(not a git work tree)', time.monotonic() - started))
 
     @_guarded
     def v2_playbook_on_play_start(self, play):
@@ -444,6 +494,7 @@ class CallbackModule(CallbackBase):
         if current is not None and current.uuid == play._uuid:
             # The next serial batch of the same play: still one change.
             current.batches.append(play)
+            current.log.start_batch(_batch_hosts(play, current.targets))
             return
         self._close_play()
         self._play_index += 1
@@ -453,6 +504,7 @@ class CallbackModule(CallbackBase):
         if check_mode and self._check_mode_policy != 'planned':
             return
         self._open_changes(play, state)
+        state.log.start_batch(_batch_hosts(play, state.targets))
         self._show_messages()
 
     def _open_changes(self, play, state):
@@ -462,7 +514,11 @@ class CallbackModule(CallbackBase):
         hosts = reader.target_hosts(exclude=self._dead_hosts)
         if not hosts:
             return
-        state.name = '%s' % (play.get_name() or _pattern(play.hosts),)
+        state.targets = [host.name for host in hosts]
+        if self._adhoc_module:
+            state.name = 'ad-hoc %s' % self._adhoc_module
+        else:
+            state.name = '%s' % (play.get_name() or _pattern(play.hosts),)
         order = dict((host.name, index) for index, host in enumerate(hosts))
         endpoints = {}
         classes = reader.classes(hosts)
@@ -478,15 +534,19 @@ class CallbackModule(CallbackBase):
             return
         self._install_handlers()
         cli = context.CLIARGS
+        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
+        revision = self._git_revision or _revision.ci_revision((ci or {}).get('labels'))
         state.context = dict(playbook=self._playbook, pattern=_pattern(play.hosts), limit=cli.get('subset') or None,
                              tags=list(cli.get('tags') or ()), check_mode=state.check_mode, user=self._user,
-                             controller=self._controller, ansible_version=ansible_version, run_id=self._run_id)
-        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
+                             controller=self._controller, ansible_version=ansible_version, run_id=self._run_id,
+                             revision=revision, module=self._adhoc_module)
         # The collection's own playbooks report no change of their own (send_change_event sends its event as a task);
         # flush_spool also wants to hear what became of the spool. Either way the spool for the play's push URL is replayed.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
         self._replay_report = self._replay_report or replay_only
         replay_only = replay_only or not boolean(play.vars.get('flashduty_report_play', True), strict=False)
+        state.replay_only = replay_only
+        state.secrets = tuple(secret for endpoint in endpoints for secret in endpoint.secrets)
         for endpoint, parts in endpoints.items():
             if endpoint not in self._replayed:
                 self._replayed.add(endpoint)
@@ -495,22 +555,41 @@ class CallbackModule(CallbackBase):
                 continue
             for warning in url_warnings(endpoint, self._client_options['validate_certs']):
                 self._warn_once(warning)
-            self._add_changes(state, endpoint, parts, order, ci, cli, now)
+            self._add_changes(state, endpoint, parts, order, ci, cli, now, revision)
         if state.changes:
             self._outcomes = state.outcomes
-        if state.check_mode or replay_only:
-            return  # check mode: one Planned event when the play ends; replay only: no event at all
+
+    def _start_changes(self, state, batch, now):
+        """The first task of a batch starts: the changes of its hosts start (a play where no task runs is no change).
+
+        In per-play mode a change starts when the play did; in per-host mode when the host's batch starts its first task.
+        """
         for change in state.changes:
             if change.key in self._explicit:
                 continue  # an earlier play's task reported this change: what the playbook said stands
-            event = self._event(change, self._status_map['started'], _play.start_description(state.name, change.hosts, state.context),
+            if change.started or (change.host is not None and change.host not in batch):
+                continue
+            change.started = True
+            if change.host is not None:
+                change.start_time = now
+            if state.check_mode or state.replay_only:
+                continue  # check mode: one Planned event when the play ends; replay only: no event at all
+            event = self._event(change, self._status_map['started'],
+                                _play.start_description(self._subject(state), change.hosts, state.context, what=self._what()),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
             if event is None:
                 continue
             if self._changed_only:
                 change.held = event  # sent with the end event, if the play changes something
             else:
-                self._sender.submit(change.endpoint, event)
+                self._get_sender().submit(change.endpoint, event)
+
+    def _what(self):
+        return 'ad-hoc run of' if self._adhoc_module else 'play'
+
+    def _subject(self, state):
+        """What descriptions name: the play, or the module of an ad-hoc run."""
+        return self._adhoc_module or state.name
 
     def _resolve_class(self, reader, members, state):
         """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
@@ -548,9 +627,44 @@ class CallbackModule(CallbackBase):
             return None
         return endpoint, values
 
-    def _add_changes(self, state, endpoint, parts, order, ci, cli, now):
+    def _add_changes(self, state, endpoint, parts, order, ci, cli, now, revision):
         hosts = sorted((host for members, dummy in parts for host in members), key=lambda host: order[host.name])
         names = [host.name for host in hosts]
+        link_ci = (ci or {}).get('link')
+        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(state.batches[0].hosts),
+                      limit=cli.get('subset') or None, tags=cli.get('tags'), skip_tags=cli.get('skip_tags'),
+                      check_mode=state.check_mode, run_id=self._run_id, controller_user=self._user,
+                      controller_host=self._controller, ansible_version=ansible_version, ci_labels=(ci or {}).get('labels'),
+                      revision=revision, module=self._adhoc_module)
+        if not self._per_host:
+            user_labels, settings, masked = self._settings(parts, endpoint)
+            groups = _play.visible_groups(group.name for host in hosts for group in host.get_groups())
+            key = settings.get('flashduty_change_key') or _play.default_change_key(self._run_id, state.index)
+            title = settings.get('flashduty_change_title') or _play.change_title(state.name, names, module=self._adhoc_module)
+            labels = _play.automatic_labels(names, groups, **common)
+            link = settings.get('flashduty_change_link') or link_ci
+            state.changes.append(_Change(endpoint, key, title, link, names, labels, user_labels, now, masked=masked))
+            return
+        # Per-host mode: each host has the labels and settings of its own set of hosts, not those of the others.
+        changes = []
+        for members, values in parts:
+            user_labels, settings, masked = self._settings([(members, values)], endpoint)
+            user_key = settings.get('flashduty_change_key')
+            link = settings.get('flashduty_change_link') or link_ci
+            for host in members:
+                groups = _play.visible_groups(group.name for group in host.get_groups())
+                key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
+                title = settings.get('flashduty_change_title') or _play.change_title(state.name, [host.name], host=host.name,
+                                                                                     module=self._adhoc_module)
+                labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
+                changes.append(_Change(endpoint, key, title, link, [host.name], labels, dict(user_labels), now, host=host.name,
+                                       masked=masked))
+        changes.sort(key=lambda change: order[change.host])
+        state.changes.extend(changes)
+
+    def _settings(self, parts, endpoint):
+        """The user labels of a change's sets of hosts (merged), its first key, title and link settings, and where
+        the integration key was masked in the labels."""
         user_sets = []
         settings = {}
         secrets = endpoint.secrets
@@ -563,28 +677,7 @@ class CallbackModule(CallbackBase):
                 value = values.get(name)
                 if name not in settings and value not in (None, ''):
                     settings[name] = '%s' % (value,)
-        user_labels = _play.merge_user_labels(user_sets)
-        link = settings.get('flashduty_change_link') or (ci or {}).get('link')
-        ci_labels = (ci or {}).get('labels')
-        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(state.batches[0].hosts),
-                      limit=cli.get('subset') or None, tags=cli.get('tags'), skip_tags=cli.get('skip_tags'),
-                      check_mode=state.check_mode, run_id=self._run_id, controller_user=self._user,
-                      controller_host=self._controller, ansible_version=ansible_version, ci_labels=ci_labels)
-        user_key = settings.get('flashduty_change_key')
-        user_title = settings.get('flashduty_change_title')
-        if not self._per_host:
-            groups = _play.visible_groups(group.name for host in hosts for group in host.get_groups())
-            key = user_key or _play.default_change_key(self._run_id, state.index)
-            title = user_title or _play.change_title(state.name, names)
-            labels = _play.automatic_labels(names, groups, **common)
-            state.changes.append(_Change(endpoint, key, title, link, names, labels, user_labels, now, masked))
-            return
-        for host in hosts:
-            groups = _play.visible_groups(group.name for group in host.get_groups())
-            key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
-            title = user_title or _play.change_title(state.name, [host.name], host=host.name)
-            labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
-            state.changes.append(_Change(endpoint, key, title, link, [host.name], labels, user_labels, now, masked))
+        return _play.merge_user_labels(user_sets), settings, masked
 
     def _user_labels(self, values, secrets):
         """The labels of flashduty_labels and label_vars, and where the integration key was masked in them."""
@@ -602,15 +695,18 @@ class CallbackModule(CallbackBase):
 
     # ---------------------------------------------------------------- task results (keep these tiny)
     #
-    # They run once per host and task on the strategy's thread: each appends (host name, counters to add)
-    # to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
-    # _tally() adds them up once per task.
+    # They run once per host and task on the strategy's thread: each appends (host name, counters to add, task id,
+    # time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
+    # _tally() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
 
     def v2_runner_on_ok(self, result, **kwargs):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _OK_CHANGED if result.is_changed() else _OK))
+                if result.is_changed():  # only a change needs its task, to be listed
+                    outcomes.append((_host_name(result), _OK_CHANGED, _task_id(result), self._clock()))
+                else:
+                    outcomes.append((_host_name(result), _OK, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_ok', exc)
 
@@ -618,7 +714,7 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _SKIPPED))
+                outcomes.append((_host_name(result), _SKIPPED, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_skipped', exc)
 
@@ -628,17 +724,19 @@ class CallbackModule(CallbackBase):
             return
         try:
             name = _host_name(result)
+            task = _task_of(result)
             if ignore_errors:
-                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED))
+                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task._uuid, self._clock()))
                 return
             state = self._play
             # The strategy has already taken a failure a block rescues out of the play's removed hosts.
             removed = getattr(state.batches[-1], '_removed_hosts', None)
             if isinstance(removed, list) and name not in removed:
-                outcomes.append((name, _RESCUED))
+                outcomes.append((name, _RESCUED, task._uuid, self._clock()))
             else:
-                outcomes.append((name, _FAILED))
+                outcomes.append((name, _FAILED, task._uuid, self._clock()))
                 state.failed.add(name)
+                self._note_failure(state, name, _outcome.FAILURE, result, task)
         except Exception as exc:
             self._internal_error('v2_runner_on_failed', exc)
 
@@ -648,38 +746,60 @@ class CallbackModule(CallbackBase):
             return
         try:
             name = _host_name(result)
-            task = getattr(result, 'task', None) or result._task
+            task = _task_of(result)
             if getattr(task, 'ignore_unreachable', False):
-                outcomes.append((name, _IGNORED))
+                outcomes.append((name, _IGNORED, task._uuid, self._clock()))
             else:
-                outcomes.append((name, _UNREACHABLE))
+                outcomes.append((name, _UNREACHABLE, task._uuid, self._clock()))
                 self._play.unreachable.add(name)
+                self._note_failure(self._play, name, _outcome.UNREACHABLE_HOST, result, task)
         except Exception as exc:
             self._internal_error('v2_runner_on_unreachable', exc)
 
+    def _note_failure(self, state, host, kind, result, task):
+        """Keep the failing task and the first line of its message (never for no_log, keys masked)."""
+        name = self._task_label(task)
+        data = getattr(result, 'result', None) if _PUBLIC else getattr(result, '_result', None)
+        reason = _story.reason_of(data, bool(getattr(task, 'no_log', False)), state.secrets, redact)
+        if reason is None and isinstance(data, dict) and (getattr(task, 'no_log', False) or 'censored' in data):
+            reason = _story.HIDDEN_REASON
+        # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
+        stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
+        state.log.add_failure(host, kind, name, reason, stops)
+
+    @staticmethod
+    def _task_label(task):
+        try:
+            name = task.get_name()
+        except Exception:  # a task whose name cannot be rendered is still a task
+            name = getattr(task, 'action', None)
+        return ('%s' % (name or 'unnamed task',)).strip()
+
     def _tally(self):
-        """Add the outcomes gathered since the last call to the play's per-host counters."""
+        """Fold the outcomes gathered since the last call into the play's log."""
         state = self._play
         if state is None or not state.outcomes:
             return
-        counters = state.counters
-        for name, increments in state.outcomes:
-            host = counters.get(name)
-            if host is None:
-                host = counters[name] = _play.new_counters()
-            for index in increments:
-                host[index] += 1
+        state.log.add(state.outcomes)
         del state.outcomes[:]
 
     @_guarded
     def v2_playbook_on_task_start(self, task, is_conditional):
-        self._tally()
-        self._show_messages()
-        self._watch_explicit(task)
+        self._task_starts(task)
 
     @_guarded
     def v2_playbook_on_handler_task_start(self, task):
+        self._task_starts(task)
+
+    def _task_starts(self, task):
         self._tally()
+        state = self._play
+        if state is not None and state.changes:
+            state.log.name_task(getattr(task, '_uuid', None), self._task_label(task))
+        if state is not None and state.changes and _runs_something(task):
+            batch = state.log.first_task(time.time())
+            if batch is not None:
+                self._start_changes(state, batch, state.log.batch_started[-1])
         self._show_messages()
         self._watch_explicit(task)
 
@@ -723,13 +843,21 @@ class CallbackModule(CallbackBase):
         if not interrupted:
             self._dead_hosts.update(failed)
             self._dead_hosts.update(unreachable)
+        log = state.log
+        not_run, stopped, aborted = log.verdict(state.targets, failed, unreachable,
+                                                _max_fail_percentage(state.batches[0]) if not interrupted else None)
+        if interrupted:
+            not_run, stopped, aborted = set(), set(), False
+        context_line = _play.context_line(**state.context)
         for change in state.changes:
+            if not change.started:
+                continue  # no task of its hosts ran
             if change.key in self._explicit:
                 # A change_event task (or the role) reported this change: its status is the one Flashduty keeps.
                 self._display.vvv('%schange %s ends as the playbook reported it (%s): no end event of its own'
                                   % (WARNING_PREFIX, change.key, self._explicit[change.key]))
                 continue
-            summary = _play.play_outcome(change.hosts, state.counters, failed, unreachable)
+            summary = log.summary(change.hosts, failed, unreachable, not_run, stopped, aborted)
             if state.check_mode:
                 if interrupted or (self._changed_only and not summary['changed']):
                     continue
@@ -738,15 +866,18 @@ class CallbackModule(CallbackBase):
                 continue
             elif interrupted:
                 status = self._status_map['interrupted']
-                summary['outcome'] = _play.OUTCOME_INTERRUPTED
-            elif summary['outcome'] == _play.OUTCOME_SUCCEEDED:
+                summary['outcome'] = _outcome.OUTCOME_INTERRUPTED
+            elif summary['outcome'] == _outcome.OUTCOME_SUCCEEDED:
                 status = self._status_map['succeeded']
             else:
                 status = self._status_map['failed']
-            description = _play.end_description(state.name, change.hosts, summary, state.context, interrupted=interrupted,
-                                                check_mode=state.check_mode)
-            labels = sorted(change.labels + _play.outcome_labels(summary), key=_rank)
-            event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True), now)
+            description = _outcome.end_description(self._subject(state), change.hosts, summary, context_line, interrupted=interrupted,
+                                                   check_mode=state.check_mode, task_names=self._task_names, what=self._what())
+            labels = sorted(change.labels + _outcome.outcome_labels(summary), key=_rank)
+            # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).
+            end = now if change.host is None or interrupted else log.last_result.get(change.host, now)
+            event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
+                                max(end, change.start_time))
             if event is None:
                 continue
             if change.held is not None:
@@ -893,6 +1024,31 @@ class CallbackModule(CallbackBase):
         for warning in warnings:
             self._warn_once(warning)
         return event
+
+
+def _runs_something(task):
+    """Whether a task starting makes the play a change: not a meta task, nor the implicit fact gathering alone."""
+    action = getattr(task, 'action', None)
+    if action in _META_ACTIONS:
+        return False
+    return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
+
+
+def _batch_hosts(play, targets):
+    """The hosts of the serial batch a play start announces: the inventory is restricted to them while it runs."""
+    try:
+        inventory = play.get_variable_manager()._inventory
+        return [host.name for host in inventory.get_hosts(play.hosts, order=getattr(play, 'order', None))]
+    except Exception:  # no inventory to ask (a test double): the batch is every target
+        return list(targets)
+
+
+def _max_fail_percentage(play):
+    value = getattr(play, 'max_fail_percentage', None)
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _pattern(hosts):

@@ -47,13 +47,19 @@ AUTOMATIC_LABELS = (
     'outcome',
     'failed_hosts',
     'unreachable_hosts',
+    'not_run_hosts',
+    'stopped_hosts',
     'host_count',
     'ok_count',
     'changed_count',
     'failed_count',
     'unreachable_count',
+    'not_run_count',
+    'stopped_count',
     'playbook',
+    'revision',
     'host_pattern',
+    'module',           # ad-hoc runs only: the module ansible ran
     'limit',
     'tags',
     'skip_tags',
@@ -75,22 +81,8 @@ _LABEL_RANK = dict((name, rank) for rank, name in enumerate(AUTOMATIC_LABELS))
 # What each phase of a play is reported as, unless the status_map option says otherwise.
 DEFAULT_STATUS_MAP = dict(started='Processing', succeeded='Done', failed='Done', interrupted='Canceled', planned='Planned')
 
-OUTCOME_SUCCEEDED = 'succeeded'
-OUTCOME_PARTIALLY_FAILED = 'partially_failed'
-OUTCOME_FAILED = 'failed'
-OUTCOME_INTERRUPTED = 'interrupted'
-
-# Indexes in the per-host result counters the callback keeps (a small list per host).
-OK, CHANGED, FAILED, SKIPPED, UNREACHABLE, IGNORED, RESCUED = range(7)
-COUNTERS = ('ok', 'changed', 'failed', 'skipped', 'unreachable', 'ignored', 'rescued')
-
 TITLE_MAX_LENGTH = 200
 _LIST_IN_DESCRIPTION = 400
-
-
-def new_counters():
-    """Per-host result counters, indexed by OK, CHANGED, FAILED, SKIPPED, UNREACHABLE, IGNORED, RESCUED."""
-    return [0] * len(COUNTERS)
 
 
 # ---------------------------------------------------------------- names and lists
@@ -261,13 +253,13 @@ def controller_identity():
 
 def automatic_labels(hosts, groups, play, playbook=None, pattern=None, limit=None, tags=None, skip_tags=None,
                      check_mode=False, run_id=None, controller_user=None, controller_host=None, ansible_version=None,
-                     ci_labels=None, host=None):
+                     ci_labels=None, host=None, revision=None, module=None):
     """The labels every change of a play carries, as an ordered list of ``(name, value)``.
 
     ``hosts`` and ``groups`` are lists of names (groups already without ``all`` and
     ``ungrouped``, see visible_groups); long lists are summarised to fit a label
     value. ``tags`` and ``skip_tags`` are lists; ``('all',)`` and empty lists are
-    left out, like an unset ``limit``. ``host`` is set in per-host mode.
+    left out, like an unset ``limit``. ``host`` is set in per-host mode, ``module`` for ad-hoc runs.
     """
     tags = [tag for tag in (tags or ()) if tag]
     if tags == ['all']:
@@ -282,7 +274,9 @@ def automatic_labels(hosts, groups, play, playbook=None, pattern=None, limit=Non
         groups=summarize_names(groups) if groups else None,
         host_count=len(hosts),
         playbook=playbook,
+        revision=revision,
         host_pattern=pattern,
+        module=module,
         limit=limit,
         tags=','.join(tags) if tags else None,
         skip_tags=','.join(skip_tags) if skip_tags else None,
@@ -293,20 +287,6 @@ def automatic_labels(hosts, groups, play, playbook=None, pattern=None, limit=Non
         ansible_version=ansible_version,
     )
     values.update(ci_labels or {})
-    return _ordered(values)
-
-
-def outcome_labels(summary):
-    """The labels a play's end adds, from play_outcome()'s summary, as ``(name, value)`` pairs."""
-    values = dict(
-        outcome=summary['outcome'],
-        ok_count=len(summary['ok']),
-        changed_count=len(summary['changed']),
-        failed_count=len(summary['failed']),
-        unreachable_count=len(summary['unreachable']),
-        failed_hosts=summarize_names(summary['failed']) if summary['failed'] else None,
-        unreachable_hosts=summarize_names(summary['unreachable']) if summary['unreachable'] else None,
-    )
     return _ordered(values)
 
 
@@ -370,53 +350,20 @@ def cap_labels(automatic, user, limit=MAX_LABELS):
     return labels, dropped
 
 
-# ---------------------------------------------------------------- outcome, title, description
+# ---------------------------------------------------------------- title and description
 
-def play_outcome(hosts, counters, failed, unreachable):
-    """Summarise how a play went for ``hosts``.
-
-    ``counters`` maps host names to new_counters() lists; ``failed`` and
-    ``unreachable`` are the sets of hosts that failed (not rescued, errors not
-    ignored) or were unreachable. Returns a dict: outcome (succeeded,
-    partially_failed or failed), lists ok/changed/failed/unreachable (host names
-    in ``hosts`` order) and the task totals.
-    """
-    totals = new_counters()
-    changed = []
-    bad = []
-    dark = []
-    ok = []
-    for host in hosts:
-        counts = counters.get(host)
-        if counts is not None:
-            for index, count in enumerate(counts):
-                totals[index] += count
-            if counts[CHANGED]:
-                changed.append(host)
-        if host in unreachable:
-            dark.append(host)
-        elif host in failed:
-            bad.append(host)
-        else:
-            ok.append(host)
-    if not bad and not dark:
-        outcome = OUTCOME_SUCCEEDED
-    elif not ok:
-        outcome = OUTCOME_FAILED
-    else:
-        outcome = OUTCOME_PARTIALLY_FAILED
-    return dict(outcome=outcome, ok=ok, changed=changed, failed=bad, unreachable=dark,
-                totals=dict(zip(COUNTERS, totals)))
-
-
-def change_title(play, hosts, host=None):
-    """A title naming the play and its target: ``Ansible: deploy checkout on web1, web2 and web3``."""
+def change_title(play, hosts, host=None, module=None):
+    """A title naming the play and its target: ``Ansible: deploy checkout on web1, web2 and web3``, or for an
+    ad-hoc run its module: ``Ansible ad-hoc: ansible.builtin.ping on web1 and web2``."""
     target = host if host is not None else hosts_phrase(hosts)
+    if module:
+        return truncate('Ansible ad-hoc: %s on %s' % (module, target), TITLE_MAX_LENGTH)
     return truncate('Ansible: %s on %s' % (play, target), TITLE_MAX_LENGTH)
 
 
-def _context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode=False, user=None, controller=None,
-                  ansible_version=None, run_id=None):
+def context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode=False, user=None, controller=None,
+                 ansible_version=None, run_id=None, revision=None, module=None):
+    """The last line of every description: what ran, where, by whom, at which revision."""
     parts = []
     if pattern:
         parts.append('hosts: %s' % pattern)
@@ -427,6 +374,8 @@ def _context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode
         parts.append('tags: %s' % ','.join(tags))
     if check_mode:
         parts.append('check mode')
+    if revision:
+        parts.append('revision %s' % revision)
     who = []
     if user or controller:
         who.append('by %s' % '@'.join(part for part in (user, controller) if part))
@@ -434,7 +383,7 @@ def _context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode
         who.append('with ansible-core %s' % ansible_version)
     if run_id:
         who.append('run %s' % run_id)
-    line = 'Playbook %s' % playbook if playbook else 'Ad-hoc run'
+    line = 'Playbook %s' % playbook if playbook else 'Ad-hoc run' + (' of %s' % module if module else '')
     if parts:
         line += ' (%s)' % '; '.join(parts)
     if who:
@@ -442,39 +391,11 @@ def _context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode
     return line + '.'
 
 
-def start_description(play, hosts, context):
-    """The description of a play's first event; ``context`` holds _context_line()'s keyword arguments."""
-    lines = ['Ansible play "%s" started on %d host%s: %s.'
-             % (play, len(hosts), '' if len(hosts) == 1 else 's', summarize_names(hosts, _LIST_IN_DESCRIPTION, ', ')),
-             _context_line(**context)]
-    return truncate('\n'.join(lines), MAX_DESCRIPTION_LENGTH)
-
-
-def end_description(play, hosts, summary, context, interrupted=None, check_mode=False):
-    """The description of a play's last event, with the result summary.
-
-    ``interrupted`` names why the run stopped early (``SIGINT``...), if it did.
-    """
-    count = len(hosts)
-    if interrupted:
-        head = 'Ansible play "%s" was interrupted (%s) before it ended, on %d host%s' % (
-            play, interrupted, count, '' if count == 1 else 's')
-    elif check_mode:
-        head = 'Ansible play "%s" ran in check mode on %d host%s' % (play, count, '' if count == 1 else 's')
-    else:
-        head = 'Ansible play "%s" %s on %d host%s' % (
-            play, 'finished' if summary['outcome'] == OUTCOME_SUCCEEDED else 'finished with failures', count, '' if count == 1 else 's')
-    verb = 'would change' if check_mode else 'changed'
-    head += ': %d ok (%d %s), %d failed, %d unreachable.' % (
-        len(summary['ok']), len(summary['changed']), verb, len(summary['failed']), len(summary['unreachable']))
-    lines = [head]
-    for title, names in (('Failed', summary['failed']), ('Unreachable', summary['unreachable']),
-                         ('Would change' if check_mode else 'Changed', summary['changed'])):
-        if names:
-            lines.append('%s: %s' % (title, summarize_names(names, _LIST_IN_DESCRIPTION, ', ')))
-    totals = summary['totals']
-    lines.append('Tasks: ' + ' '.join('%s=%d' % (name, totals[name]) for name in COUNTERS))
-    lines.append(_context_line(**context))
+def start_description(play, hosts, context, what='play'):
+    """The description of a play's first event; ``context`` holds context_line()'s keyword arguments."""
+    lines = ['Ansible %s "%s" started on %d host%s: %s.'
+             % (what, play, len(hosts), '' if len(hosts) == 1 else 's', summarize_names(hosts, _LIST_IN_DESCRIPTION, ', ')),
+             context_line(**context)]
     return truncate('\n'.join(lines), MAX_DESCRIPTION_LENGTH)
 
 

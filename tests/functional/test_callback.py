@@ -161,7 +161,8 @@ def test_two_plays_report_labels_keys_and_statuses(play, receiver, ansible_env, 
     run_id = KEY_RE.match(key1).group(0).rsplit("-", 1)[0]
     assert key1 == run_id + "-1" and key2 == run_id + "-2"
 
-    common = dict(playbook="site.yml", check_mode="false", run_id=run_id, app_version="1.2.3", team="platform",
+    # revision: the project is no git work tree, so the CI's commit (GITHUB_SHA) stands for it.
+    common = dict(playbook="site.yml", revision="0123abc", check_mode="false", run_id=run_id, app_version="1.2.3", team="platform",
                   env="production", **CONTROLLER, **GITHUB_LABELS)
     assert start1["labels"] == dict(common, play="Deploy web", hosts="web1,web2", groups="prod,web", host_count="2",
                                     host_pattern="web")
@@ -175,7 +176,7 @@ def test_two_plays_report_labels_keys_and_statuses(play, receiver, ansible_env, 
     assert all(event["link"] == GITHUB_LINK for event in events)
     assert start1["description"].startswith('Ansible play "Deploy web" started on 2 hosts: web1, web2.')
     assert done1["description"].splitlines()[:2] == ['Ansible play "Deploy web" finished on 2 hosts: 2 ok (1 changed), 0 failed, 0 unreachable.',
-                                                     "Changed: web1"]
+                                                     'Changed: "Change web1 only" on web1']
     # event_time is when it happened: the start of play 1 is not after its end, nor after play 2's start.
     assert start1["event_time"] <= done1["event_time"] <= start2["event_time"] <= done2["event_time"] <= time.time()
 
@@ -216,7 +217,7 @@ def test_check_mode_sends_nothing_by_default_and_planned_on_request(play, receiv
     first, second = flat(receiver.events)
     assert first["labels"]["check_mode"] == "true" and first["labels"]["changed_count"] == "1"
     assert first["description"].splitlines()[:2] == ['Ansible play "Deploy web" ran in check mode on 2 hosts: 2 ok (1 would change), '
-                                                     "0 failed, 0 unreachable.", "Would change: web1"]
+                                                     "0 failed, 0 unreachable.", 'Would change: "Change web1 only" on web1']
     assert second["labels"]["changed_count"] == "0"
 
 
@@ -224,11 +225,13 @@ def test_lifecycle_serial_end_play_and_rescue(play, receiver):
     proc = play("lifecycle.yml")
     assert_rc(proc)
     groups = changes(receiver.events)
-    assert [[event["change_status"] for event in group] for group in groups.values()] == [["Processing", "Done"]] * 3
-    rolling, early, rescued = groups.values()
+    # The play that meta: end_play ends before any task ran is no change: two changes, plays 1 and 3.
+    assert [[event["change_status"] for event in group] for group in groups.values()] == [["Processing", "Done"]] * 2
+    assert [key.rsplit("-", 1)[1] for key in groups] == ["1", "3"]
+    rolling, rescued = groups.values()
     # serial: 1 runs two batches of the same play: still one change, covering both hosts.
     assert rolling[0]["labels"]["hosts"] == "web1,web2" and rolling[1]["labels"]["changed_count"] == "2"
-    assert early[1]["labels"]["outcome"] == "succeeded" and early[1]["labels"]["hosts"] == "db1"
+    assert 'Changed: "Roll" on web1, web2' in rolling[1]["description"]
     # A failure the block rescued is no failure of the play.
     assert rescued[1]["labels"]["outcome"] == "succeeded" and rescued[1]["labels"]["failed_count"] == "0"
     assert "rescued=1" in rescued[1]["description"]
@@ -254,7 +257,8 @@ def test_failed_and_unreachable_hosts_at_vvvv(play, receiver, project, cb_env, a
     assert labels["hosts"] == "web1,web2,dark1" and labels["groups"] == "dark,prod,web"
     assert (labels["outcome"], labels["failed_hosts"], labels["unreachable_hosts"]) == ("partially_failed", "web2", "dark1")
     assert (labels["ok_count"], labels["changed_count"], labels["failed_count"], labels["unreachable_count"]) == ("1", "1", "1", "1")
-    assert "Failed: web2" in first_end["description"] and "Unreachable: dark1" in first_end["description"]
+    assert 'Failed: "Fail on web2" on web2: web2 is broken' in first_end["description"].splitlines()
+    assert 'Unreachable: "Reach every host" on dark1: ' in first_end["description"]
     # Ansible leaves failed and unreachable hosts out of the next play; so does its change.
     assert second_start["labels"]["hosts"] == "web1" and second_end["change_status"] == "Done"
 

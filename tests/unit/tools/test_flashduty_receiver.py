@@ -672,3 +672,19 @@ def test_format_table_empty_and_odd_records():
     assert flashduty_receiver.format_table([]).splitlines()[-1] == "0 events (0 change keys)"
     text = flashduty_receiver.format_table([{"received_at": 0, "event": {"change_status": "Done", "change_key": "a", "title": "x\ny"}}, "junk"])
     assert text.splitlines()[1].split()[2:5] == ["Done", "a", "x"] and text.endswith("1 event (1 change key)")
+
+
+def test_format_table_shows_what_changed_and_failed_under_the_event():
+    description = ('Ansible play "Deploy" finished with failures on 3 hosts: 1 ok (1 changed), 1 failed, 1 unreachable.\n'
+                   'Failed: "Apply schema migrations" on db1: relation "users" already exists\n'
+                   'Unreachable: "Reach" on dark1: Failed to connect\n'
+                   'Changed: "Render the application config" on web1\n'
+                   "Tasks: ok=3 changed=1 failed=1 skipped=0 unreachable=1 ignored=0 rescued=0\nPlaybook site.yml, run r.")
+    text = flashduty_receiver.format_table([{"event": {"change_status": "Done", "change_key": "k", "title": "t", "description": description}},
+                                            {"event": {"change_status": "Processing", "change_key": "j", "title": "t",
+                                                       "description": "Ansible play started.\nPlaybook site.yml."}}])
+    lines = text.splitlines()
+    assert lines[2:5] == ['    Failed: "Apply schema migrations" on db1: relation "users" already exists',
+                          '    Unreachable: "Reach" on dark1: Failed to connect',
+                          '    Changed: "Render the application config" on web1']
+    assert lines[5].split()[1:3] == ["Processing", "j"] and lines[-1] == "2 events (2 change keys)"

@@ -7,22 +7,15 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import (
     AUTOMATIC_LABELS,
-    CHANGED,
-    FAILED,
-    OK,
     automatic_labels,
     cap_labels,
     change_title,
     clean_user_labels,
     default_change_key,
     detect_ci,
-    end_description,
     hosts_phrase,
     merge_user_labels,
-    new_counters,
-    outcome_labels,
     parse_status_map,
-    play_outcome,
     start_description,
     summarize_names,
     visible_groups,
@@ -203,32 +196,14 @@ def test_merge_user_labels_joins_different_values():
     assert merge_user_labels([{"env": "prod", "team": "a"}, {"env": "staging", "team": "a"}, {}]) == {"env": "prod,staging", "team": "a"}
 
 
-# ---------------------------------------------------------------- outcome, title, description
-
-
-def counters(ok=0, changed=0, failed=0):
-    values = new_counters()
-    values[OK], values[CHANGED], values[FAILED] = ok, changed, failed
-    return values
-
-
-def test_play_outcome():
-    table = {"a": counters(ok=2, changed=1), "b": counters(ok=1, failed=1), "c": counters()}
-    summary = play_outcome(["a", "b", "c", "d"], table, failed={"b"}, unreachable={"c"})
-    assert summary["outcome"] == "partially_failed"
-    assert (summary["ok"], summary["changed"], summary["failed"], summary["unreachable"]) == (["a", "d"], ["a"], ["b"], ["c"])
-    assert summary["totals"]["ok"] == 3 and summary["totals"]["failed"] == 1
-    assert play_outcome(["a"], table, set(), set())["outcome"] == "succeeded"
-    assert play_outcome(["b", "c"], table, {"b"}, {"c"})["outcome"] == "failed"
-    assert dict(outcome_labels(summary)) == {"outcome": "partially_failed", "failed_hosts": "b", "unreachable_hosts": "c", "ok_count": "2",
-                                             "changed_count": "1", "failed_count": "1", "unreachable_count": "1"}
-    assert "failed_hosts" not in dict(outcome_labels(play_outcome(["a"], table, set(), set())))
+# ---------------------------------------------------------------- title and description
 
 
 def test_title():
     assert change_title("Deploy", ["web1", "web2"]) == "Ansible: Deploy on web1 and web2"
     assert change_title("Deploy", ["web1", "web2"], host="web2") == "Ansible: Deploy on web2"
     assert len(change_title("x" * 500, ["web1"])) == _play.TITLE_MAX_LENGTH
+    assert change_title("ad-hoc ping", ["web1", "web2"], module="ping") == "Ansible ad-hoc: ping on web1 and web2"
 
 
 def test_descriptions_stay_within_flashduty_limit():
@@ -238,14 +213,13 @@ def test_descriptions_stay_within_flashduty_limit():
     text = start_description("Deploy", hosts, context)
     assert text.startswith('Ansible play "Deploy" started on 2000 hosts: node0000.example.com, ')
     assert "Playbook site.yml (hosts: all; limit: node*; tags: deploy), by u@c, with ansible-core 2.21.5, run r." in text
-    summary = play_outcome(hosts, {}, set(hosts[:1000]), set(hosts[1000:1500]))
-    text = end_description("Deploy", hosts, summary, context)
     assert len(text) <= MAX_DESCRIPTION_LENGTH
-    assert text.startswith('Ansible play "Deploy" finished with failures on 2000 hosts: 500 ok (0 changed), 1000 failed, 500 unreachable.')
-    text = end_description("Deploy", hosts[:1], play_outcome(hosts[:1], {}, set(), set()), context, interrupted="SIGINT")
-    assert text.startswith('Ansible play "Deploy" was interrupted (SIGINT) before it ended, on 1 host: ')
-    text = end_description("Deploy", hosts[:1], play_outcome(hosts[:1], {}, set(), set()), dict(context, check_mode=True), check_mode=True)
-    assert "ran in check mode" in text and "would change" in text and "check mode" in text.splitlines()[-1]
+
+
+def test_context_line_names_the_revision_and_the_ad_hoc_module():
+    line = _play.context_line(playbook="site.yml", revision="0123456789ab-dirty", run_id="r")
+    assert line == "Playbook site.yml (revision 0123456789ab-dirty), run r."
+    assert _play.context_line(module="ansible.builtin.ping", pattern="web") == "Ad-hoc run of ansible.builtin.ping (hosts: web)."
 
 
 def test_default_change_keys():

@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Which version of the playbooks ran: the short git commit of the playbook's directory, or the CI's commit.
+
+Private to this collection: not a public API, may change without notice.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import subprocess
+
+# Long enough to stay unique in big repositories, short enough for a label someone reads.
+SHORT_LENGTH = 12
+# Marks a work tree with uncommitted changes to tracked files, as git describe --dirty does.
+DIRTY_MARKER = '-dirty'
+TIMEOUT = 2.0
+
+
+def _git(directory, *args):
+    # GIT_OPTIONAL_LOCKS=0: git status must not take the index lock another git command may be holding.
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS='0', LC_ALL='C')
+    for name in ('GIT_DIR', 'GIT_WORK_TREE', 'GIT_INDEX_FILE'):
+        env.pop(name, None)  # the playbook's own repository, not one the environment points at
+    proc = subprocess.run(['git', '-C', directory] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, env=env, timeout=TIMEOUT, check=False)
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode('utf-8', 'replace')
+
+
+def git_revision(directory):
+    """``<short commit>`` or ``<short commit>-dirty`` for the git work tree holding ``directory``; None outside one,
+    without git, or when git does not answer within the timeout."""
+    if not directory or not os.path.isdir(directory):
+        return None
+    try:
+        commit = _git(directory, 'rev-parse', '--short=%d' % SHORT_LENGTH, 'HEAD')
+        if not commit or not commit.strip():
+            return None
+        status = _git(directory, 'status', '--porcelain', '--untracked-files=no')
+    except (OSError, subprocess.SubprocessError):
+        return None
+    revision = commit.strip()
+    if status:  # None (status failed) is no evidence of changes
+        revision += DIRTY_MARKER
+    return revision
+
+
+def ci_revision(ci_labels):
+    """The CI's commit (``ci_commit``), shortened like git's; None when the CI gives none."""
+    commit = (ci_labels or {}).get('ci_commit')
+    if not commit:
+        return None
+    return ('%s' % (commit,)).strip()[:SHORT_LENGTH] or None
+
+
+def playbook_revision(playbook_dir, ci_labels):
+    """The playbook's git revision when it lives in a work tree, else the CI's commit, else None."""
+    return git_revision(playbook_dir) or ci_revision(ci_labels)
