@@ -244,18 +244,16 @@ from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
-    ENDPOINT_VARIABLES,
     OPTION_RANGES,
-    endpoint_settings,
     FlashdutyError,
     build_event,
     option_problem,
     redact,
-    resolve_endpoint,
     truncate,
     url_warnings,
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _play_vars, _revision, _story
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes import ChangeMaker
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import (
     RESULT_CHANGED as _OK_CHANGED,
     RESULT_FAILED as _FAILED,
@@ -289,7 +287,6 @@ WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
 # the end of a run with a dead endpoint stays within flush_timeout in all.
 FLUSH_RESERVE = 0.25
-_ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
 
 
 def _guarded(method):
@@ -310,33 +307,6 @@ def _guarded(method):
         return None
 
     return wrapper
-
-
-class _Change:
-    """One change of a play: one Endpoint, and one host in per-host mode.
-
-    ``labels`` are the automatic labels as ``(name, value)`` pairs, most important
-    first; ``user_labels`` those of flashduty_labels and label_vars (``masked`` names
-    those where the integration key was masked); ``held`` the start event kept back
-    in changed-only mode.
-    """
-
-    __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held', 'host',
-                 'started')
-
-    def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, host=None, masked=()):
-        self.endpoint = endpoint
-        self.key = key
-        self.title = title
-        self.link = link
-        self.hosts = hosts
-        self.labels = labels
-        self.user_labels = user_labels
-        self.masked = masked
-        self.start_time = start_time
-        self.held = None
-        self.host = host          # per-host mode: the host of this change
-        self.started = False      # its start event was sent (or held): a task of its hosts started
 
 
 class _PlayState:
@@ -428,8 +398,9 @@ class CallbackModule(CallbackBase):
         self._spool_dir = self.get_option('spool_dir')
         self._client_options = dict(timeout=float(self._number_option('timeout')), retries=int(self._number_option('retries')),
                                     validate_certs=self.get_option('validate_certs'), ca_path=self.get_option('ca_path'))
-        self._option_endpoint = dict(push_url=self.get_option('push_url'), integration_key=self.get_option('integration_key'),
-                                     api_url=self.get_option('api_url'))
+        option_endpoint = dict(push_url=self.get_option('push_url'), integration_key=self.get_option('integration_key'),
+                               api_url=self.get_option('api_url'))
+        self._maker = ChangeMaker(self._warn_once, option_endpoint, self._label_vars, self._per_host, self._run_id)
         self._ci = _play.detect_ci(os.environ)
         self._config_ok = True
 
@@ -476,7 +447,7 @@ class CallbackModule(CallbackBase):
         path = getattr(playbook, '_file_name', None)
         if path == _ADHOC_PLAYBOOK:
             self._playbook = None
-            self._adhoc_module = context.CLIARGS.get('module_name') or 'command'
+            self._adhoc_module = self._maker.module = context.CLIARGS.get('module_name') or 'command'
             return
         if path:
             self._playbook = _play.playbook_label(path)
@@ -523,7 +494,7 @@ class CallbackModule(CallbackBase):
         endpoints = {}
         classes = reader.classes(hosts)
         for members in classes:
-            resolved = self._resolve_class(reader, members, state)
+            resolved = self._maker.resolve(reader, members, state.name, self._decrypted)
             if resolved is None:
                 continue
             endpoint, values = resolved
@@ -547,6 +518,10 @@ class CallbackModule(CallbackBase):
         replay_only = replay_only or not boolean(play.vars.get('flashduty_report_play', True), strict=False)
         state.replay_only = replay_only
         state.secrets = tuple(secret for endpoint in endpoints for secret in endpoint.secrets)
+        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(play.hosts), limit=cli.get('subset') or None,
+                      tags=cli.get('tags'), skip_tags=cli.get('skip_tags'), check_mode=state.check_mode, run_id=self._run_id,
+                      controller_user=self._user, controller_host=self._controller, ansible_version=ansible_version,
+                      ci_labels=(ci or {}).get('labels'), revision=revision, module=self._adhoc_module)
         for endpoint, parts in endpoints.items():
             if endpoint not in self._replayed:
                 self._replayed.add(endpoint)
@@ -555,7 +530,7 @@ class CallbackModule(CallbackBase):
                 continue
             for warning in url_warnings(endpoint, self._client_options['validate_certs']):
                 self._warn_once(warning)
-            self._add_changes(state, endpoint, parts, order, ci, cli, now, revision)
+            state.changes.extend(self._maker.changes(state.name, state.index, endpoint, parts, order, common, (ci or {}).get('link'), now))
         if state.changes:
             self._outcomes = state.outcomes
 
@@ -590,108 +565,6 @@ class CallbackModule(CallbackBase):
     def _subject(self, state):
         """What descriptions name: the play, or the module of an ad-hoc run."""
         return self._adhoc_module or state.name
-
-    def _resolve_class(self, reader, members, state):
-        """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
-        values, problems = reader.variables(members[0], self._decrypted)
-        if 'flashduty_enabled' in values:
-            try:
-                if not boolean(values['flashduty_enabled'], strict=True):
-                    return None  # muted: no warning about the rest either
-            except TypeError:
-                self._warn_once('flashduty_enabled should be a boolean, got %r; taken as true' % (values['flashduty_enabled'],),
-                                key=('enabled', '%r' % (values['flashduty_enabled'],)))
-        broken = set()
-        for problem in problems:
-            broken.add(problem.name)
-            what = 'could not be decrypted or templated'
-            hint = ''
-            if problem.name in _ENDPOINT_NAMES:
-                hint = ('; plays using it are not reported. If it is vaulted, give ansible-playbook the vault password '
-                        '(--vault-id, --vault-password-file or --ask-vault-pass)')
-            self._warn_once('the variable %s %s: %s%s' % (problem.name, what, problem.message, hint),
-                            key=('variable', problem.name))
-        if broken & _ENDPOINT_NAMES:
-            return None
-        source = endpoint_settings(values, 'variable')
-        try:
-            endpoint = resolve_endpoint(source, self._option_endpoint)
-        except FlashdutyError as exc:
-            if exc.field == 'push_url' and not any(source.values()) and not any(self._option_endpoint.values()):
-                self._warn_once('no Flashduty push URL for play "%s" (hosts %s): set the variable flashduty_push_url '
-                                '(vaulted, in group_vars/all for instance), the environment variable FLASHDUTY_PUSH_URL or '
-                                'push_url in the [flashduty] section of ansible.cfg. Plays without one are not reported.'
-                                % (state.name, _play.hosts_phrase([host.name for host in members])), key='no push url')
-            else:
-                self._warn_once('%s; plays using it are not reported' % exc.message, key=('url', exc.message))
-            return None
-        return endpoint, values
-
-    def _add_changes(self, state, endpoint, parts, order, ci, cli, now, revision):
-        hosts = sorted((host for members, dummy in parts for host in members), key=lambda host: order[host.name])
-        names = [host.name for host in hosts]
-        link_ci = (ci or {}).get('link')
-        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(state.batches[0].hosts),
-                      limit=cli.get('subset') or None, tags=cli.get('tags'), skip_tags=cli.get('skip_tags'),
-                      check_mode=state.check_mode, run_id=self._run_id, controller_user=self._user,
-                      controller_host=self._controller, ansible_version=ansible_version, ci_labels=(ci or {}).get('labels'),
-                      revision=revision, module=self._adhoc_module)
-        if not self._per_host:
-            user_labels, settings, masked = self._settings(parts, endpoint)
-            groups = _play.visible_groups(group.name for host in hosts for group in host.get_groups())
-            key = settings.get('flashduty_change_key') or _play.default_change_key(self._run_id, state.index)
-            title = settings.get('flashduty_change_title') or _play.change_title(state.name, names, module=self._adhoc_module)
-            labels = _play.automatic_labels(names, groups, **common)
-            link = settings.get('flashduty_change_link') or link_ci
-            state.changes.append(_Change(endpoint, key, title, link, names, labels, user_labels, now, masked=masked))
-            return
-        # Per-host mode: each host has the labels and settings of its own set of hosts, not those of the others.
-        changes = []
-        for members, values in parts:
-            user_labels, settings, masked = self._settings([(members, values)], endpoint)
-            user_key = settings.get('flashduty_change_key')
-            link = settings.get('flashduty_change_link') or link_ci
-            for host in members:
-                groups = _play.visible_groups(group.name for group in host.get_groups())
-                key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, state.index, host.name)
-                title = settings.get('flashduty_change_title') or _play.change_title(state.name, [host.name], host=host.name,
-                                                                                     module=self._adhoc_module)
-                labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
-                changes.append(_Change(endpoint, key, title, link, [host.name], labels, dict(user_labels), now, host=host.name,
-                                       masked=masked))
-        changes.sort(key=lambda change: order[change.host])
-        state.changes.extend(changes)
-
-    def _settings(self, parts, endpoint):
-        """The user labels of a change's sets of hosts (merged), its first key, title and link settings, and where
-        the integration key was masked in the labels."""
-        user_sets = []
-        settings = {}
-        secrets = endpoint.secrets
-        masked = []
-        for _members, values in parts:
-            labels, where = self._user_labels(values, secrets)
-            user_sets.append(labels)
-            masked.extend(field for field in where if field not in masked)
-            for name in ('flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link'):
-                value = values.get(name)
-                if name not in settings and value not in (None, ''):
-                    settings[name] = '%s' % (value,)
-        return _play.merge_user_labels(user_sets), settings, masked
-
-    def _user_labels(self, values, secrets):
-        """The labels of flashduty_labels and label_vars, and where the integration key was masked in them."""
-        labels, problems, masked = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels', secrets)
-        extra = {}
-        for name in self._label_vars:
-            if name in values:
-                extra[name] = values[name]
-        more, more_problems, more_masked = _play.clean_user_labels(extra, 'label_vars', secrets)
-        for name, value in more.items():
-            labels.setdefault(name, value)
-        for problem in problems + more_problems:
-            self._warn_once(problem)
-        return labels, masked + more_masked
 
     # ---------------------------------------------------------------- task results (keep these tiny)
     #
