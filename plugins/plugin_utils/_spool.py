@@ -231,7 +231,23 @@ class Spool:
         """
         return self._write_batch(endpoint, records, new_stamp(), ignore=None)
 
-    def _write_batch(self, endpoint, records, stamp, ignore):
+    def write_ahead(self, endpoint, records):
+        """Write ``records`` before trying to deliver them, so that a process killed meanwhile loses none.
+
+        Returns the batch's stamp for discard() once they are delivered or spooled again. The spool is not
+        trimmed for them: they are on their way out.
+        """
+        stamp = new_stamp()
+        self._write_batch(endpoint, records, stamp, ignore=None, trim=False)
+        return stamp
+
+    def discard(self, endpoint, stamp):
+        """Delete the batch written ahead under ``stamp``, unless another run has claimed it meanwhile."""
+        for entry in self._entries():
+            if entry['stamp'] == stamp and entry['fp'] == endpoint.fingerprint[:16] and entry['claimed'] is None:
+                self._unlink(os.path.join(self.path, entry['file']))
+
+    def _write_batch(self, endpoint, records, stamp, ignore, trim=True):
         records = list(records)
         if not records:
             return 0
@@ -248,7 +264,7 @@ class Spool:
         except OSError as exc:
             raise SpoolError('cannot write to the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
         self._clean_temporary_files()
-        return dropped + self._trim(keep=file_name, ignore=ignore)
+        return dropped + self._trim(keep=file_name, ignore=ignore) if trim else dropped
 
     def _clean_temporary_files(self):
         """Remove temporary files left by a run that died while writing."""
