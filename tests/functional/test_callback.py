@@ -292,6 +292,103 @@ def test_sigterm_cancels_the_open_change_and_still_terminates(receiver, project,
     assert "Traceback" not in out.read_text(encoding="utf-8")
 
 
+# --------------------------------------------------------------------------- forced stops: write before you wait
+#
+# The endpoint is a black hole (requests are held, never answered) and flush_timeout is 60 s: without the
+# spool written ahead, a second signal during that wait would lose every event of the run.
+
+def wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def spooled_events(spool_dir):
+    """The events waiting in the spool, oldest batch first."""
+    events = []
+    for path in sorted(Path(spool_dir).glob("*.json")):
+        events += [record["event"] for record in json.loads(path.read_text(encoding="utf-8"))["records"]]
+    return events
+
+
+def stopped_twice(receiver, project, cb_env, playbook, first, second, after):
+    """Run ``playbook`` against a black hole, send ``first`` once ``after`` is in the output, then ``second``.
+
+    Returns (rc, seconds from the last signal to the exit, output).
+    """
+    receiver.add_fault("blackhole", times=None)
+    proc, out = start(project, dict(cb_env, FLASHDUTY_FLUSH_TIMEOUT="60"), playbook)
+    try:
+        assert wait_for(lambda: receiver.requests), "the play never started"
+        if first is not None:
+            time.sleep(0.5)
+            os.kill(proc.pid, first)
+        assert wait_for(lambda: after in out.read_text(encoding="utf-8")), out.read_text(encoding="utf-8")
+        time.sleep(1.0)  # the end of the run is now waiting for the black hole
+        sent = time.monotonic()
+        os.kill(proc.pid, second)
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        stop(proc)
+    return rc, took, out.read_text(encoding="utf-8")
+
+
+def recovered_exactly_once(play, receiver, cb_env, spooled):
+    """A next run with the endpoint back delivers every spooled event once, in order per change."""
+    receiver.clear_faults()
+    assert_rc(play("site.yml", "--limit", "web1"))
+    got = statuses(receiver.events)
+    for key, group in changes(spooled).items():
+        assert got[key] == [event["change_status"] for event in group], (key, got)
+    assert spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"]) == []
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["then-SIGINT", "then-SIGTERM"])
+def test_a_second_signal_during_the_wait_for_canceled_loses_nothing(receiver, project, cb_env, play, second):
+    rc, took, output = stopped_twice(receiver, project, cb_env, "slow.yml", signal.SIGINT, second, "User interrupted execution")
+    assert rc == 99 and took < 5, (rc, took)  # Ansible's code for Ctrl-C; the wait was cut short
+    spooled = spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"])
+    assert [event["change_status"] for event in spooled] == ["Processing", "Canceled"] and receiver.events == []
+    assert "Traceback" not in output and receiver.integration_key not in output
+    recovered_exactly_once(play, receiver, cb_env, spooled)
+
+
+def test_sigterm_twice_loses_nothing_and_still_terminates(receiver, project, cb_env, play):
+    receiver.add_fault("blackhole", times=None)
+    proc, out = start(project, dict(cb_env, FLASHDUTY_FLUSH_TIMEOUT="60"), "slow.yml")
+    try:
+        assert wait_for(lambda: receiver.requests)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(1.5)  # the handler is now waiting (up to 60 s) for the Canceled event to go out
+        assert proc.poll() is None
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        stop(proc)
+    assert rc == -signal.SIGTERM and took < 5, (rc, took)  # killed by the signal, as without the callback
+    spooled = spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"])
+    assert [event["change_status"] for event in spooled] == ["Processing", "Canceled"] and receiver.events == []
+    assert "(SIGTERM)" in spooled[1]["description"] and "Traceback" not in out.read_text(encoding="utf-8")
+    recovered_exactly_once(play, receiver, cb_env, spooled)
+
+
+def test_ctrl_c_after_the_recap_spools_at_once_and_keeps_the_exit_code(receiver, project, cb_env, play):
+    rc, took, output = stopped_twice(receiver, project, cb_env, "site.yml", None, signal.SIGINT, "PLAY RECAP")
+    assert rc == 0 and took < 5, (rc, took)
+    assert "User interrupted execution" not in output and "Traceback" not in output
+    spooled = spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"])
+    assert list(statuses(spooled).values()) == [["Processing", "Done"]] * 2 and receiver.events == []
+    assert any("spooled" in warning for warning in warnings_in(output))
+    recovered_exactly_once(play, receiver, cb_env, spooled)
+
+
 def start(project, env, playbook):
     out = project / "output.txt"
     handle = out.open("w", encoding="utf-8")
