@@ -45,8 +45,10 @@ description:
     above) are named in one warning.
   - Sending never slows the playbook down or changes its output or exit code. Events go out from background
     threads; at the end of the run the callback waits at most O(flush_timeout) seconds, and what is not delivered
-    by then is written to the spool (O(spool_dir)) and sent by the next run. Each event Flashduty refuses
-    becomes one warning quoting its C(request_id).
+    by then is written to the spool (O(spool_dir)) and sent by the next run; it is written there before the
+    wait, so that a second Ctrl-C or SIGTERM (which ends the wait at once) loses nothing. Events Flashduty
+    refuses are named at the end of the run, in one warning per kind of refusal and endpoint quoting their
+    C(request_id).
   - Enable it with C(callbacks_enabled = flashcat.flashduty.change_events) in the C([defaults]) section of
     C(ansible.cfg) or with E(ANSIBLE_CALLBACKS_ENABLED=flashcat.flashduty.change_events), and store the push URL
     vaulted; see the examples.
@@ -673,9 +675,13 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         if not self._config_ok or self._finished:
             return
+        # Ansible sends this after each playbook of the command line: only its flush is the end of the run.
         self._ending = True
-        self._close_play()
-        self._flush()
+        try:
+            self._close_play()
+            self._flush()
+        finally:
+            self._ending = self._finished
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""

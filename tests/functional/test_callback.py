@@ -441,7 +441,7 @@ def test_changed_only_mode(play, receiver):
 def test_missing_vault_password_warns_once_and_changes_nothing(play, receiver, project, ansible_env):
     proc = play("site.yml", "-vvv", vault=False)
     warnings = warnings_in(proc.stdout + proc.stderr)
-    assert len(warnings) == 1, warnings
+    assert len(warnings) == 1, "\n".join(warnings)
     assert "flashduty_push_url" in warnings[0] and "vault password" in warnings[0]
     assert receiver.events == []
     baseline = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "site.yml"], cwd=project, env=ansible_env,
@@ -542,6 +542,31 @@ def test_refused_events_become_warnings_with_request_id(play, receiver):
     warnings = warnings_in(proc.stdout + proc.stderr)
     assert any(refused[0]["request_id"] in warning for warning in warnings), warnings
     assert len(receiver.events) == 3
+
+
+def test_a_refusal_on_every_push_is_one_warning_after_each_recap(receiver, project, cb_env):
+    receiver.add_fault("status", times=None, status=401)
+    # Two playbooks (Ansible prints a PLAY RECAP after each); warnings (stderr) in place among the rest.
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "site.yml", "lifecycle.yml",
+                           "--vault-password-file", "vault-password"], cwd=project, env=dict(cb_env, PYTHONUNBUFFERED="1"),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    refused = [request for request in receiver.requests if not request["accepted"]]
+    assert len(refused) >= 6 and receiver.events == []
+    warnings = warnings_in(proc.stdout)
+    assert len(warnings) == 2, "\n".join(warnings)
+    counts = [int(re.match(r"Flashduty refused (\d+) change events at http://127\.0\.0\.1:%d/" % receiver.port, warning).group(1))
+              for warning in warnings]
+    assert sum(counts) == len(refused) and all("HTTP 401 Unauthorized" in warning for warning in warnings)
+    assert refused[0]["request_id"] in warnings[0]
+    # Each once, after its playbook's recap and before the next play: never between a task's header and its results.
+    blocks = re.split(r"^PLAY RECAP", proc.stdout, flags=re.MULTILINE)
+    assert len(blocks) == 3 and "[WARNING]" not in blocks[0]
+    for block in blocks[1:]:
+        assert block.count("[WARNING]") == 1
+        assert "PLAY [" not in block[:block.index("[WARNING]")]
+    assert "Traceback" not in proc.stdout and receiver.integration_key not in proc.stdout
 
 
 def test_undelivered_events_are_spooled_then_replayed_first(play, receiver, cb_env):

@@ -421,6 +421,17 @@ def test_a_signal_during_the_end_of_the_run_cuts_the_wait_and_raises_nothing(mon
     assert callback._display.warnings == []
 
 
+def test_ctrl_c_in_the_next_playbook_of_the_command_line_still_stops_the_run():
+    callback = make()
+    seen = []
+    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: seen.append(signum)
+    callback.v2_playbook_on_play_start(FakePlay())
+    callback.v2_playbook_on_stats(None)  # the first playbook's end: Ansible goes on with the next one
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    callback._on_signal(signal.SIGINT, None)
+    assert seen == [signal.SIGINT] and ("cut",) not in callback.fake.calls
+
+
 def test_a_second_signal_after_the_first_ctrl_c_only_cuts(monkeypatch):
     callback = make()
     redelivered = []
