@@ -70,18 +70,13 @@ def store(spool, leftovers, batches, ahead, fallback, note):
             result.not_spooled(endpoint, items)
             continue
         try:
-            result.dropped += spool.write(endpoint.endpoint, [item.record(fallback) for item in items])
+            result.dropped += spool.write(endpoint.endpoint, [item.record(fallback) for item in items], replacing=ahead.get(endpoint))
         except (SpoolError, OSError) as exc:
-            if endpoint in ahead:  # still in the batch written ahead, with those delivered since: sent again, not lost
-                result.spooled(endpoint, items)
-            else:
+            if endpoint not in ahead:
                 result.not_spooled(endpoint, items, '%s' % exc)
-            continue
+                continue
+            # Still in the batch written ahead, with those delivered since: sent again rather than lost.
+            note(endpoint.redact('Flashduty spool: events delivered at the end of this run may be sent again by the next: %s'
+                                 % (exc,)))
         result.spooled(endpoint, items)
-        if endpoint in ahead:
-            try:
-                spool.discard(endpoint.endpoint, ahead[endpoint])
-            except (SpoolError, OSError) as exc:
-                note(endpoint.redact('Flashduty spool: events delivered at the end of this run may be sent again by the next: %s'
-                                     % (exc,)))
     return result

@@ -83,7 +83,6 @@ class EventSender:
         self.spool = spool
         self._retry_pause = max(0.0, float(retry_pause))
         self._rate = RateLimiter(max_rate)
-        self._pid = os.getpid()
         self._setup()
         _SENDERS.add(self)
 
@@ -92,6 +91,7 @@ class EventSender:
         self._changed = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
         self._workers = [Worker(index) for index in range(self._concurrency)]
+        self._courier = Courier(self._changed, self._rate, self._client_options)
         self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route_record, route_item=self._route,
                                         forget=self._forget_batch, note=self._note_redacted, alive=self._alive)
         self._flush_timeout = 0.0
@@ -101,7 +101,6 @@ class EventSender:
         self._messages = []
         self._sequence = 0
         self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
-        self._courier = Courier(self._changed, self._rate, self._client_options)
         self._cut = False                   # cut(): every flush from now on stops waiting at once
         self._inert = False
         self._stats = collections.Counter()
@@ -111,10 +110,6 @@ class EventSender:
         """In a forked child: fresh locks, no threads, and nothing to do (the parent delivers)."""
         self._setup()
         self._inert = True
-
-    def stopping(self):
-        """True once the flush deadline passed (until that flush ends) or after close()."""
-        return self._courier.stopping()
 
     def _alive(self):
         return not (self._courier.closed or self._inert)

@@ -91,3 +91,14 @@ def test_a_spool_that_cannot_be_written_ahead_is_a_note(tmp_path):
     notes = []
     assert _leftovers.write_ahead(Spool(blocked), items(PROD, "a:Done"), notes.append) == {}
     assert len(notes) == 1 and notes[0].startswith("Flashduty spool: cannot write the events not delivered yet: ")
+
+
+def test_the_batch_written_ahead_never_pushes_older_events_out_of_a_full_spool(tmp_path):
+    spool = Spool(tmp_path / "small", max_events=5)
+    assert spool.write(PROD.endpoint, [item.record("HTTP 503") for item in items(PROD, "old:Processing", "old:Done", "x:Done")]) == 0
+    mine = items(PROD, "a:Processing", "a:Done", "b:Done")
+    ahead = _leftovers.write_ahead(spool, mine, [].append)
+    assert spool.total() == 6  # over the bound for the length of the wait only
+    result = _leftovers.store(spool, mine[1:], [], ahead, "fallback", [].append)  # a:Processing was delivered
+    assert result.dropped == 0 and spool.total() == 5
+    assert waiting(spool, PROD) == ["old:Processing", "old:Done", "x:Done", "a:Done", "b:Done"]
