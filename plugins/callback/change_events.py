@@ -363,6 +363,8 @@ class CallbackModule(CallbackBase):
         self._status_map = dict(_play.DEFAULT_STATUS_MAP)
         self._finished = False
         self._ending = False  # the end of the run (its flush) has begun: a signal now shortens it
+        self._playbooks_started = 0
+        self._stop_after_flush = False  # Ctrl-C in the flush after a playbook that is not the last
         self._pid = os.getpid()
         self._handlers_installed = False
         self._previous_handlers = {}
@@ -431,6 +433,7 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_start(self, playbook):
+        self._playbooks_started += 1
         path = getattr(playbook, '_file_name', None)
         if path:
             self._playbook = _play.playbook_label(path)
@@ -675,13 +678,17 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         if not self._config_ok or self._finished:
             return
-        # Ansible sends this after each playbook of the command line: only its flush is the end of the run.
+        # Ansible sends this after each playbook of the command line: a signal during its flush shortens the wait,
+        # and a Ctrl-C then still stops the run if more playbooks follow.
         self._ending = True
         try:
             self._close_play()
             self._flush()
         finally:
             self._ending = self._finished
+        if self._stop_after_flush and self._playbooks_started < len(context.CLIARGS.get('args') or ()):
+            self._stop_after_flush = False
+            raise KeyboardInterrupt()
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
@@ -828,6 +835,8 @@ class CallbackModule(CallbackBase):
             self._sender.cut()
         if signum != signal.SIGINT and self._busy and not self._finished:
             self._deferred_signal = signum
+        elif signum == signal.SIGINT and not self._finished:
+            self._stop_after_flush = True
         return None
 
     def _terminate(self, signum, frame):

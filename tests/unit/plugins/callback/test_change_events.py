@@ -432,6 +432,27 @@ def test_ctrl_c_in_the_next_playbook_of_the_command_line_still_stops_the_run():
     assert seen == [signal.SIGINT] and ("cut",) not in callback.fake.calls
 
 
+@pytest.mark.parametrize("playbooks", [1, 2])
+def test_ctrl_c_after_a_recap_stops_the_run_only_if_more_playbooks_follow(monkeypatch, playbooks):
+    monkeypatch.setattr(change_events.context, "CLIARGS", {"args": ("site.yml", "verify.yml")[:playbooks]})
+    callback = make()
+    callback.v2_playbook_on_start(object())
+    callback.v2_playbook_on_play_start(FakePlay())
+    flush = callback.fake.flush
+
+    def flush_while_signalled(timeout, write_ahead=False):
+        callback._on_signal(signal.SIGINT, None)
+        return flush(timeout, write_ahead)
+
+    monkeypatch.setattr(callback.fake, "flush", flush_while_signalled)
+    if playbooks == 1:
+        callback.v2_playbook_on_stats(None)  # the end of the run: it ends as it would have, with its exit code
+    else:
+        with pytest.raises(KeyboardInterrupt):  # the next playbook is not run, as without the callback
+            callback.v2_playbook_on_stats(None)
+    assert statuses(callback.fake) == [("1", "Processing"), ("1", "Done")] and ("cut",) in callback.fake.calls
+
+
 def test_a_second_signal_after_the_first_ctrl_c_only_cuts(monkeypatch):
     callback = make()
     redelivered = []
