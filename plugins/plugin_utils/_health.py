@@ -48,10 +48,6 @@ class EndpointHealth:
     def redact(self, text):
         return redact(text, self.secrets)
 
-    @property
-    def down(self):
-        return self.down_until is not None
-
     def admit(self, now):
         """SEND (up), PROBE (down and due: the caller sends this one event alone) or WAIT."""
         if self.down_until is None:

@@ -97,11 +97,14 @@ class Worker:
         return items
 
     def take_all(self):
-        """Take every item out, marking the one in flight abandoned; ``(items, how many had not been tried)``."""
+        """Take every item out, marking the one in flight abandoned; ``(items, how many had not been tried)``.
+
+        An item abandoned by an earlier flush whose thread has not given it back yet is not taken again.
+        """
         items = list(self.held)
         fresh = len(self.queue)
         items.extend(self.queue)
-        if self.current is not None:
+        if self.current is not None and not self.current.abandoned:
             self.current.abandoned = True
             fresh += 1
             items.append(self.current)

@@ -91,9 +91,6 @@ class Refusals:
         if error.request_id and len(refusal.request_ids) < MAX_REQUEST_IDS:
             refusal.request_ids.append(error.request_id)
 
-    def __len__(self):
-        return sum(refusal.count for refusal in self._kinds.values())
-
     def take_messages(self):
         """One warning per kind of refusal and endpoint since the last call (unredacted: the caller redacts)."""
         refusals, self._kinds = list(self._kinds.values()), collections.OrderedDict()

@@ -392,9 +392,9 @@ class EventSender:
                 return True
         return False
 
-    def _wait(self, until, condition):
+    def _wait(self, until, condition, cuttable=True):
         """Wait (lock held) while ``condition()`` holds, until the clock reaches ``until`` or cut() is called."""
-        while condition() and not self._cut:
+        while condition() and not (cuttable and self._cut):
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
@@ -416,7 +416,8 @@ class EventSender:
             for transport in transports:
                 transport.interrupt()
             with self._lock:
-                self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers))
+                self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers),
+                           cuttable=False)
         with self._lock:
             leftovers, pending, batches = self._take_leftovers()
         self._store(leftovers, batches, ahead)

@@ -38,9 +38,9 @@ def health(pause=5.0):
 
 def test_up_until_an_event_fails_for_good_then_one_probe_after_the_pause():
     endpoint, clock = health()
-    assert endpoint.admit(clock.now) == SEND and endpoint.due() is None and not endpoint.down
+    assert endpoint.admit(clock.now) == SEND and endpoint.due() is None
     assert endpoint.failed(REFUSED, probe=False) is True
-    assert endpoint.down and endpoint.unreachable and endpoint.last_error == REFUSED.reason
+    assert endpoint.admit(clock.now) == WAIT and endpoint.unreachable and endpoint.last_error == REFUSED.reason
     assert endpoint.due() == 105.0
     assert endpoint.failed(TIMEOUT, probe=False) is False  # already down: the pause is not pushed back
     assert endpoint.due() == 105.0 and endpoint.last_error == TIMEOUT.reason and not endpoint.unreachable
@@ -70,7 +70,7 @@ def test_any_answer_brings_it_back_with_the_first_pause():
     clock.now = endpoint.due()
     assert endpoint.admit(clock.now) == PROBE
     assert endpoint.answered(probe=True) is True  # a refusal is an answer too
-    assert not endpoint.down and not endpoint.unreachable and endpoint.admit(clock.now) == SEND
+    assert endpoint.due() is None and not endpoint.unreachable and endpoint.admit(clock.now) == SEND
     endpoint.failed(TIMEOUT, probe=False)
     assert endpoint.due() - clock.now == 5.0
     assert endpoint.answered(probe=False) is True and endpoint.answered(probe=False) is False
@@ -82,7 +82,7 @@ def test_an_interrupted_probe_ends_the_probe_and_nothing_else():
     clock.now = endpoint.due()
     assert endpoint.admit(clock.now) == PROBE
     assert endpoint.interrupted(probe=True) is True
-    assert endpoint.down and endpoint.admit(clock.now) == PROBE  # still due: probed again
+    assert endpoint.admit(clock.now) == PROBE  # still down and due: probed again
     assert endpoint.interrupted(probe=False) is False
 
 

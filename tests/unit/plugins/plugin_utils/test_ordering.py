@@ -69,6 +69,7 @@ def test_take_all_marks_the_item_in_flight_and_forget_drops_a_batch():
     taken, fresh = worker.take_all()
     assert taken == [held, queued, flying] and fresh == 2 and flying.abandoned
     assert worker.pending() == []  # an abandoned item is flush()'s, not pending any more
+    assert worker.take_all() == ([], 0)  # nor taken again by the next flush while its thread still holds it
     assert not worker.held and not worker.queue and not worker.must_wait(held)
 
 

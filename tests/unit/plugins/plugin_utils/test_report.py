@@ -31,7 +31,6 @@ def test_one_warning_per_kind_of_refusal_and_endpoint_with_the_first_request_ids
     refusals.add(PROD, FlashdutyError("HTTP 400 InvalidParameter: title", status_code=400, code="InvalidParameter",
                                       request_id="p0"), event("p"), from_spool=True)
     refusals.add(PROD, unauthorized("r8"), event("k8"))
-    assert len(refusals) == 11
     messages = refusals.take_messages()
     assert messages == [
         "Flashduty refused 9 change events at %s: HTTP 401 Unauthorized: bad key (request_ids of the first 5: r0, r1, r2, r3, r4); "
@@ -41,7 +40,7 @@ def test_one_warning_per_kind_of_refusal_and_endpoint_with_the_first_request_ids
         "Flashduty did not accept the Done event of change p (from the spool) at %s: HTTP 400 InvalidParameter: title "
         "(request_id: p0); check the event fields, and that the push URL matches the integration's push URL exactly" % MASKED,
     ]
-    assert refusals.take_messages() == [] and len(refusals) == 0  # each said once
+    assert refusals.take_messages() == []  # each said once
 
 
 def test_request_ids_all_when_few_and_none_when_the_server_gave_none():
