@@ -250,7 +250,7 @@ class EventSender:
     def _route_record(self, endpoint, event, batch, record):
         """Queue one replayed spool record (lock held)."""
         self._route(Item(endpoint, event, batch=batch, attempts=_int(record.get('attempts')),
-                          first_failure=_float(record.get('first_failure')), last_error=record.get('last_error')))
+                         first_failure=_float(record.get('first_failure')), last_error=record.get('last_error')))
 
     def _forget_batch(self, batch):
         """Another run took this batch over: drop its events from the queues (lock held)."""
