@@ -31,7 +31,9 @@ description:
   - A play in which no task ran (C(--tags) or C(--start-at-task) skipped them all) is not reported. An ad-hoc run
     (C(ansible) with callbacks loaded) is titled and labelled with its module.
   - Sending never slows the playbook or changes its output or exit code; what is not delivered within
-    O(flush_timeout) is spooled for the next run.
+    O(flush_timeout) is spooled for the next run, written there before the wait, so that a second Ctrl-C or SIGTERM
+    loses nothing. Events Flashduty refuses are named after the play recap, in one warning per kind of refusal and
+    endpoint.
   - The R(callback guide,ansible_collections.flashcat.flashduty.docsite.callback) lists every label, with an
     example payload.
 author:
@@ -362,6 +364,9 @@ class CallbackModule(CallbackBase):
         self._user, self._controller = _play.controller_identity()
         self._status_map = dict(_play.DEFAULT_STATUS_MAP)
         self._finished = False
+        self._ending = False  # the end of the run (its flush) has begun: a signal now shortens it
+        self._playbooks_started = 0
+        self._stop_after_flush = False  # Ctrl-C in the flush after a playbook that is not the last
         self._pid = os.getpid()
         self._handlers_installed = False
         self._previous_handlers = {}
@@ -444,6 +449,7 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_start(self, playbook):
+        self._playbooks_started += 1
         path = getattr(playbook, '_file_name', None)
         if path == _ADHOC_PLAYBOOK:
             self._playbook = None
@@ -656,6 +662,7 @@ class CallbackModule(CallbackBase):
         state.log.add(state.outcomes)
         del state.outcomes[:]
 
+    # No warning from here: it would come between the task's header and its results.
     @_guarded
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._task_starts(task)
@@ -673,7 +680,6 @@ class CallbackModule(CallbackBase):
             batch = state.log.first_task(time.time())
             if batch is not None:
                 self._start_changes(state, batch, state.log.batch_started[-1])
-        self._show_messages()
         self._watch_explicit(task)
 
     def _watch_explicit(self, task):
@@ -701,8 +707,17 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats):
         if not self._config_ok or self._finished:
             return
-        self._close_play()
-        self._flush()
+        # Ansible sends this after each playbook of the command line: a signal during its flush shortens the wait,
+        # and a Ctrl-C then still stops the run if more playbooks follow.
+        self._ending = True
+        try:
+            self._close_play()
+            self._flush()
+        finally:
+            self._ending = self._finished
+        if self._stop_after_flush and self._playbooks_started < len(context.CLIARGS.get('args') or ()):
+            self._stop_after_flush = False
+            raise KeyboardInterrupt()
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
@@ -761,7 +776,8 @@ class CallbackModule(CallbackBase):
     def _flush(self):
         if self._sender is None:
             return
-        report = self._sender.flush(max(0.0, self._flush_timeout - FLUSH_RESERVE))
+        # Written ahead: whatever is not delivered is in the spool before the wait, should the process be killed in it.
+        report = self._sender.flush(max(0.0, self._flush_timeout - FLUSH_RESERVE), write_ahead=True)
         # What went wrong is in the sender's own warnings (one per endpoint and problem).
         self._show_messages()
         # Its counts are the run's so far: the flush at exit, after the one at the end of the playbook, repeats them only
@@ -778,6 +794,7 @@ class CallbackModule(CallbackBase):
         if self._finished:
             return
         self._finished = True
+        self._ending = True
         try:
             if self._config_ok:
                 self._close_play(interrupted=reason)
@@ -818,12 +835,17 @@ class CallbackModule(CallbackBase):
                 continue
 
     def _on_signal(self, signum, frame):
+        if self._ending and os.getpid() == self._pid:
+            return self._cut_the_end(signum)
         if signum == signal.SIGINT:
             # Ctrl-C: remember why, and let Ansible handle it as before; atexit sends the Canceled events.
             self._interrupted_by = 'SIGINT'
             previous = self._previous_handlers.get(signum)
             if os.getpid() == self._pid and callable(previous):
-                return previous(signum, frame)
+                try:
+                    return previous(signum, frame)
+                finally:
+                    self._stay_in_front(signum)
             return self._redeliver(signum)
         if os.getpid() != self._pid:
             return self._redeliver(signum)  # a forked worker inherited the handler
@@ -831,6 +853,38 @@ class CallbackModule(CallbackBase):
             self._deferred_signal = signum  # handled when the callback method running now returns
             return None
         return self._terminate(signum, frame)
+
+    def _stay_in_front(self, signum):
+        """Handle ``signum`` again after a handler that put another in place (ansible-core's resets Ctrl-C to the
+        default action), keeping that one as the previous handler: a second Ctrl-C during the end of the run
+        must reach _cut_the_end(); before it, it does what it would have done without us."""
+        if not self._handlers_installed:
+            return
+        try:
+            current = signal.getsignal(signum)
+            if current != self._on_signal:  # pylint: disable=comparison-with-callable
+                self._previous_handlers[signum] = current
+                signal.signal(signum, self._on_signal)
+        except (ValueError, OSError, TypeError):
+            pass
+
+    def _cut_the_end(self, signum):
+        """A signal during the end of the run (a second Ctrl-C, SIGTERM...): stop waiting for delivery, lose nothing.
+
+        What is not delivered is in the spool already (the flush wrote it ahead), and the flush spools what
+        is left as soon as it sees the cut. No exception is raised here, so that the end of the run is not
+        broken off halfway and the playbook's exit code stays its own; a SIGTERM that came inside a callback
+        method still ends the process once that method returns. Only flags are set: this may run while the
+        main thread holds the sender's lock.
+        """
+        self._interrupted_by = self._interrupted_by or signal.Signals(signum).name
+        if self._sender is not None:
+            self._sender.cut()
+        if signum != signal.SIGINT and self._busy and not self._finished:
+            self._deferred_signal = signum
+        elif signum == signal.SIGINT and not self._finished:
+            self._stop_after_flush = True
+        return None
 
     def _terminate(self, signum, frame):
         try:

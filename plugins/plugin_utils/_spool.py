@@ -268,18 +268,38 @@ class Spool:
         clean['last_error'] = endpoint.redact(record.get('last_error') or 'not delivered')
         return clean
 
-    def write(self, endpoint, records):
+    def write(self, endpoint, records, replacing=None):
         """Add ``records`` (in delivery order) for ``endpoint``; return how many old events were dropped.
 
         Each record is a dict: ``event`` (the event as it would be sent),
         ``first_failure`` (epoch seconds), ``last_error`` (text), ``attempts``.
         When the spool then holds more than ``max_events``, the oldest events go.
+        ``replacing``: the stamp of a batch written ahead (write_ahead()) that
+        these records replace; it is deleted once they are written, before the
+        bound is applied.
         """
-        return self._write_batch(endpoint, records, new_stamp(), ignore=None)
+        return self._write_batch(endpoint, list(records), new_stamp(), ignore=None, replacing=replacing)
 
-    def _write_batch(self, endpoint, records, stamp, ignore):
-        records = list(records)
+    def write_ahead(self, endpoint, records):
+        """Write ``records`` before trying to deliver them, so that a process killed meanwhile loses none.
+
+        Returns the batch's stamp, for write(replacing=) once what is left of them is known. The bound is
+        not applied to them: they are on their way out.
+        """
+        stamp = new_stamp()
+        self._write_batch(endpoint, list(records), stamp, ignore=None, trim=False)
+        return stamp
+
+    def _discard(self, endpoint, stamp):
+        """Delete the batch written ahead under ``stamp``, unless another run has claimed it meanwhile."""
+        for entry in self._entries():
+            if entry['stamp'] == stamp and entry['fp'] == endpoint.fingerprint[:16] and entry['claimed'] is None:
+                self._unlink(os.path.join(self.path, entry['file']))
+
+    def _write_batch(self, endpoint, records, stamp, ignore, trim=True, replacing=None):
         if not records:
+            if replacing is not None:
+                self._discard(endpoint, replacing)
             return 0
         self._ensure_directory()
         dropped = 0
@@ -293,8 +313,10 @@ class Spool:
             self._write_file(file_name, document)
         except OSError as exc:
             raise SpoolError('cannot write to the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+        if replacing is not None:
+            self._discard(endpoint, replacing)
         self._clean_temporary_files()
-        return dropped + self._trim(keep=file_name, ignore=ignore)
+        return dropped + self._trim(keep=file_name, ignore=ignore) if trim else dropped
 
     def _clean_temporary_files(self):
         """Remove temporary files left by a run that died while writing."""

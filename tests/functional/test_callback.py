@@ -296,6 +296,103 @@ def test_sigterm_cancels_the_open_change_and_still_terminates(receiver, project,
     assert "Traceback" not in out.read_text(encoding="utf-8")
 
 
+# --------------------------------------------------------------------------- forced stops: write before you wait
+#
+# The endpoint is a black hole (requests are held, never answered) and flush_timeout is 60 s: without the
+# spool written ahead, a second signal during that wait would lose every event of the run.
+
+def wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def spooled_events(spool_dir):
+    """The events waiting in the spool, oldest batch first."""
+    events = []
+    for path in sorted(Path(spool_dir).glob("*.json")):
+        events += [record["event"] for record in json.loads(path.read_text(encoding="utf-8"))["records"]]
+    return events
+
+
+def stopped_twice(receiver, project, cb_env, playbook, first, second, after):
+    """Run ``playbook`` against a black hole, send ``first`` once ``after`` is in the output, then ``second``.
+
+    Returns (rc, seconds from the last signal to the exit, output).
+    """
+    receiver.add_fault("blackhole", times=None)
+    proc, out = start(project, dict(cb_env, FLASHDUTY_FLUSH_TIMEOUT="60"), playbook)
+    try:
+        assert wait_for(lambda: receiver.requests), "the play never started"
+        if first is not None:
+            time.sleep(0.5)
+            os.kill(proc.pid, first)
+        assert wait_for(lambda: after in out.read_text(encoding="utf-8")), out.read_text(encoding="utf-8")
+        time.sleep(1.0)  # the end of the run is now waiting for the black hole
+        sent = time.monotonic()
+        os.kill(proc.pid, second)
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        stop(proc)
+    return rc, took, out.read_text(encoding="utf-8")
+
+
+def recovered_exactly_once(play, receiver, cb_env, spooled):
+    """A next run with the endpoint back delivers every spooled event once, in order per change."""
+    receiver.clear_faults()
+    assert_rc(play("site.yml", "--limit", "web1"))
+    got = statuses(receiver.events)
+    for key, group in changes(spooled).items():
+        assert got[key] == [event["change_status"] for event in group], (key, got)
+    assert spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"]) == []
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["then-SIGINT", "then-SIGTERM"])
+def test_a_second_signal_during_the_wait_for_canceled_loses_nothing(receiver, project, cb_env, play, second):
+    rc, took, output = stopped_twice(receiver, project, cb_env, "slow.yml", signal.SIGINT, second, "User interrupted execution")
+    assert rc == 99 and took < 5, (rc, took)  # Ansible's code for Ctrl-C; the wait was cut short
+    spooled = spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"])
+    assert [event["change_status"] for event in spooled] == ["Processing", "Canceled"] and receiver.events == []
+    assert "Traceback" not in output and receiver.integration_key not in output
+    recovered_exactly_once(play, receiver, cb_env, spooled)
+
+
+def test_sigterm_twice_loses_nothing_and_still_terminates(receiver, project, cb_env, play):
+    receiver.add_fault("blackhole", times=None)
+    proc, out = start(project, dict(cb_env, FLASHDUTY_FLUSH_TIMEOUT="60"), "slow.yml")
+    try:
+        assert wait_for(lambda: receiver.requests)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(1.5)  # the handler is now waiting (up to 60 s) for the Canceled event to go out
+        assert proc.poll() is None
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        stop(proc)
+    assert rc == -signal.SIGTERM and took < 5, (rc, took)  # killed by the signal, as without the callback
+    spooled = spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"])
+    assert [event["change_status"] for event in spooled] == ["Processing", "Canceled"] and receiver.events == []
+    assert "(SIGTERM)" in spooled[1]["description"] and "Traceback" not in out.read_text(encoding="utf-8")
+    recovered_exactly_once(play, receiver, cb_env, spooled)
+
+
+def test_ctrl_c_after_the_recap_spools_at_once_and_keeps_the_exit_code(receiver, project, cb_env, play):
+    rc, took, output = stopped_twice(receiver, project, cb_env, "site.yml", None, signal.SIGINT, "PLAY RECAP")
+    assert rc == 0 and took < 5, (rc, took)
+    assert "User interrupted execution" not in output and "Traceback" not in output
+    spooled = spooled_events(cb_env["FLASHDUTY_SPOOL_DIR"])
+    assert list(statuses(spooled).values()) == [["Processing", "Done"]] * 2 and receiver.events == []
+    assert any("spooled" in warning for warning in warnings_in(output))
+    recovered_exactly_once(play, receiver, cb_env, spooled)
+
+
 def start(project, env, playbook):
     out = project / "output.txt"
     handle = out.open("w", encoding="utf-8")
@@ -348,7 +445,7 @@ def test_changed_only_mode(play, receiver):
 def test_missing_vault_password_warns_once_and_changes_nothing(play, receiver, project, ansible_env):
     proc = play("site.yml", "-vvv", vault=False)
     warnings = warnings_in(proc.stdout + proc.stderr)
-    assert len(warnings) == 1, warnings
+    assert len(warnings) == 1, "\n".join(warnings)
     assert "flashduty_push_url" in warnings[0] and "vault password" in warnings[0]
     assert receiver.events == []
     baseline = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "site.yml"], cwd=project, env=ansible_env,
@@ -483,6 +580,31 @@ def test_refused_events_become_warnings_with_request_id(play, receiver):
     warnings = warnings_in(proc.stdout + proc.stderr)
     assert any(refused[0]["request_id"] in warning for warning in warnings), warnings
     assert len(receiver.events) == 3
+
+
+def test_a_refusal_on_every_push_is_one_warning_after_each_recap(receiver, project, cb_env):
+    receiver.add_fault("status", times=None, status=401)
+    # Two playbooks (Ansible prints a PLAY RECAP after each); warnings (stderr) in place among the rest.
+    proc = subprocess.run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/hosts.yml", "site.yml", "lifecycle.yml",
+                           "--vault-password-file", "vault-password"], cwd=project, env=dict(cb_env, PYTHONUNBUFFERED="1"),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    refused = [request for request in receiver.requests if not request["accepted"]]
+    assert len(refused) >= 6 and receiver.events == []
+    warnings = warnings_in(proc.stdout)
+    assert len(warnings) == 2, "\n".join(warnings)
+    counts = [int(re.match(r"Flashduty refused (\d+) change events at http://127\.0\.0\.1:%d/" % receiver.port, warning).group(1))
+              for warning in warnings]
+    assert sum(counts) == len(refused) and all("HTTP 401 Unauthorized" in warning for warning in warnings)
+    assert refused[0]["request_id"] in warnings[0]
+    # Each once, after its playbook's recap and before the next play: never between a task's header and its results.
+    blocks = re.split(r"^PLAY RECAP", proc.stdout, flags=re.MULTILINE)
+    assert len(blocks) == 3 and "[WARNING]" not in blocks[0]
+    for block in blocks[1:]:
+        assert block.count("[WARNING]") == 1
+        assert "PLAY [" not in block[:block.index("[WARNING]")]
+    assert "Traceback" not in proc.stdout and receiver.integration_key not in proc.stdout
 
 
 def test_undelivered_events_are_spooled_then_replayed_first(play, receiver, cb_env):

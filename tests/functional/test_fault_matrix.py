@@ -50,8 +50,12 @@ def test_dead_endpoint_delays_by_at_most_the_flush_timeout_then_the_next_run_del
     assert trial.tail is not None and trial.tail <= faults.DEFAULT_FLUSH_TIMEOUT + SLACK
 
 
-def test_permanent_401_is_not_retried_and_each_refusal_is_one_warning(matrix):
+def test_permanent_401_is_not_retried_and_is_one_warning_at_the_end(matrix):
     trial = run(matrix, "401")
     assert trial.requests == trial.faulted == faults.EVENTS_PER_RUN
-    assert trial.refused_warned == len(trial.warnings) == faults.EVENTS_PER_RUN
     assert trial.received == 0 and trial.spooled == 0
+    # One warning for the kind of refusal and endpoint, counting the events and quoting their request_ids.
+    assert len(trial.warnings) == 1, trial.warnings
+    assert trial.warnings[0].startswith("Flashduty refused %d change events at " % faults.EVENTS_PER_RUN)
+    assert "HTTP 401 Unauthorized" in trial.warnings[0]
+    assert trial.refused_warned == faults.EVENTS_PER_RUN

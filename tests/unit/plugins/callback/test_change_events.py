@@ -49,9 +49,13 @@ class FakeSender:
     def replay(self, endpoint):
         self.calls.append(("replay", endpoint.url))
 
-    def flush(self, timeout):
+    def flush(self, timeout, write_ahead=False):
+        assert write_ahead, "the end of the run writes what is pending to the spool before it waits"
         self.calls.append(("flush", timeout))
         return FlushReport()
+
+    def cut(self):
+        self.calls.append(("cut",))
 
     def drain_messages(self):
         messages, self.messages = self.messages, []
@@ -377,12 +381,19 @@ def test_internal_errors_become_one_warning_never_an_exception(monkeypatch):
     assert all("Traceback" not in warning for warning in callback._display.warnings)
 
 
-def test_sender_messages_are_shown_on_the_main_thread():
+def test_sender_messages_are_shown_between_plays_and_at_the_end_never_under_a_task():
     callback = make()
     open_play(callback, FakePlay())
-    callback.fake.messages.append("Flashduty did not accept the Processing event of change x (request_id: 42)")
+    callback.fake.messages.append("Flashduty spool not replayed: cannot read the Flashduty spool directory /x: denied")
     callback.v2_playbook_on_task_start(object(), False)
-    assert callback._display.warnings == ["Flashduty did not accept the Processing event of change x (request_id: 42)"]
+    callback.v2_playbook_on_handler_task_start(object())
+    assert callback._display.warnings == []  # not between a task's header and its results
+    callback.v2_playbook_on_play_start(FakePlay(name="Verify", uuid="play-2"))
+    assert callback._display.warnings == ["Flashduty spool not replayed: cannot read the Flashduty spool directory /x: denied"]
+    callback.fake.messages.append("Flashduty refused 8 change events at https://example.com/x?integration_key=****: HTTP 401")
+    callback.v2_playbook_on_stats(None)
+    assert callback._display.warnings[1:] == [
+        "Flashduty refused 8 change events at https://example.com/x?integration_key=****: HTTP 401"]
 
 
 def test_disabled_and_bad_status_map():
@@ -490,6 +501,98 @@ def test_sigint_is_noted_and_passed_to_the_previous_handler():
     callback._previous_handlers[signal.SIGINT] = lambda signum, frame: seen.append(signum)
     callback._on_signal(signal.SIGINT, None)
     assert seen == [signal.SIGINT] and callback._interrupted_by == "SIGINT"
+
+
+def test_a_signal_during_the_end_of_the_run_cuts_the_wait_and_raises_nothing(monkeypatch):
+    callback = make()
+    redelivered = []
+    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
+    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: pytest.fail("Ctrl-C at the end must not stop the end")
+    open_play(callback, FakePlay())
+    flush = callback.fake.flush
+
+    def flush_while_signalled(timeout, write_ahead=False):
+        if not redelivered and ("cut",) not in callback.fake.calls:
+            callback._on_signal(signal.SIGINT, None)   # Ctrl-C after PLAY RECAP
+            callback._on_signal(signal.SIGTERM, None)  # and SIGTERM: the process still ends by it, after the flush
+            assert redelivered == []
+        return flush(timeout, write_ahead)
+
+    monkeypatch.setattr(callback.fake, "flush", flush_while_signalled)
+    callback.v2_playbook_on_stats(None)
+    assert callback.fake.calls[-5:-2] == [("cut",), ("cut",), ("flush", 1.0 - change_events.FLUSH_RESERVE)]
+    assert callback.fake.calls[-2:] == [("flush", 1.0 - change_events.FLUSH_RESERVE), ("close",)]  # SIGTERM: finish, then die
+    assert redelivered == [signal.SIGTERM] and statuses(callback.fake) == [("1", "Processing"), ("1", "Done")]
+    assert callback._display.warnings == []
+
+
+def test_ctrl_c_in_the_next_playbook_of_the_command_line_still_stops_the_run():
+    callback = make()
+    seen = []
+    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: seen.append(signum)
+    open_play(callback, FakePlay())
+    callback.v2_playbook_on_stats(None)  # the first playbook's end: Ansible goes on with the next one
+    callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
+    callback._on_signal(signal.SIGINT, None)
+    assert seen == [signal.SIGINT] and ("cut",) not in callback.fake.calls
+
+
+@pytest.mark.parametrize("playbooks", [1, 2])
+def test_ctrl_c_after_a_recap_stops_the_run_only_if_more_playbooks_follow(monkeypatch, playbooks):
+    monkeypatch.setattr(change_events.context, "CLIARGS", {"args": ("site.yml", "verify.yml")[:playbooks]})
+    callback = make()
+    callback.v2_playbook_on_start(object())
+    open_play(callback, FakePlay())
+    flush = callback.fake.flush
+
+    def flush_while_signalled(timeout, write_ahead=False):
+        callback._on_signal(signal.SIGINT, None)
+        return flush(timeout, write_ahead)
+
+    monkeypatch.setattr(callback.fake, "flush", flush_while_signalled)
+    if playbooks == 1:
+        callback.v2_playbook_on_stats(None)  # the end of the run: it ends as it would have, with its exit code
+    else:
+        with pytest.raises(KeyboardInterrupt):  # the next playbook is not run, as without the callback
+            callback.v2_playbook_on_stats(None)
+    assert statuses(callback.fake) == [("1", "Processing"), ("1", "Done")] and ("cut",) in callback.fake.calls
+
+
+def test_a_second_signal_after_the_first_ctrl_c_only_cuts(monkeypatch):
+    callback = make()
+    redelivered = []
+    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
+    open_play(callback, FakePlay())
+    flush = callback.fake.flush
+
+    def flush_while_signalled(timeout, write_ahead=False):
+        callback._on_signal(signal.SIGINT, None)
+        callback._on_signal(signal.SIGTERM, None)
+        return flush(timeout, write_ahead)
+
+    monkeypatch.setattr(callback.fake, "flush", flush_while_signalled)
+    callback._interrupted_by = "SIGINT"
+    callback._at_exit()  # the first Ctrl-C ended the run: the Canceled event, then the bounded wait
+    assert statuses(callback.fake) == [("1", "Processing"), ("1", "Canceled")]
+    assert callback.fake.calls[-4:] == [("cut",), ("cut",), ("flush", 1.0 - change_events.FLUSH_RESERVE), ("close",)]
+    assert redelivered == []  # the process is exiting already, with Ansible's code
+
+
+def test_core_resetting_ctrl_c_to_its_default_does_not_unhook_us(monkeypatch):
+    callback = make()
+    callback._handlers_installed = True
+    installed = []
+    monkeypatch.setattr(change_events.signal, "getsignal", lambda signum: signal.SIG_DFL)
+    monkeypatch.setattr(change_events.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
+
+    def core_handler(signum, frame):  # ansible-core 2.19+: back to the default action, then KeyboardInterrupt
+        raise KeyboardInterrupt()
+
+    callback._previous_handlers[signal.SIGINT] = core_handler
+    with pytest.raises(KeyboardInterrupt):
+        callback._on_signal(signal.SIGINT, None)
+    assert installed == [(signal.SIGINT, callback._on_signal)]
+    assert callback._previous_handlers[signal.SIGINT] == signal.SIG_DFL  # a second Ctrl-C mid-play kills, as without us
 
 
 def test_redeliver_restores_the_previous_handler(monkeypatch):

@@ -229,15 +229,28 @@ def test_refusals_are_not_retried_and_warn_once_each(receiver, make_sender, spoo
     assert_no_key(receiver.integration_key, messages, report.summary())
 
 
-def test_refusal_warnings_are_capped_per_endpoint(receiver, make_sender):
+def test_refusals_of_one_kind_are_one_warning_at_the_flush(receiver, make_sender):
     receiver.add_fault("status", status=401, times=None)
-    sender = make_sender(concurrency=2, warn_limit=3)
+    sender = make_sender(concurrency=2)
     for number in range(8):
-        sender.submit(ep(receiver.push_url), event("capped-%d" % number, number=number))
+        sender.submit(ep(receiver.push_url), event("refused-%d" % number, number=number))
+    assert wait_until(lambda: len(receiver.requests) == 8)
+    time.sleep(0.1)
+    assert sender.drain_messages() == []  # said at the end of the run, not as they happen
     assert sender.flush(10).failed == 8
     messages = sender.drain_messages()
-    assert len(messages) == 4
-    assert messages[-1].startswith("5 more change events were refused by ") and "HTTP 401 Unauthorized" in messages[-1]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("Flashduty refused 8 change events at http://127.0.0.1:%d/" % receiver.port)
+    assert "?integration_key=****: HTTP 401 Unauthorized" in messages[0]
+    quoted = messages[0].split("(request_ids of the first 5: ", 1)[1].split(")", 1)[0].split(", ")
+    assert len(set(quoted)) == 5 and set(quoted) <= {r["request_id"] for r in receiver.requests}  # two threads: any five
+    assert messages[0].endswith("copy the push URL again from the Flashduty integration page")
+    assert_no_key(receiver.integration_key, messages)
+    # A later flush says only what was refused since.
+    sender.submit(ep(receiver.push_url), event("refused-9", number=9))
+    assert sender.flush(10).failed == 9
+    messages = sender.drain_messages()
+    assert len(messages) == 1 and messages[0].startswith("Flashduty did not accept the Processing event of change refused-9 at ")
 
 
 # ---------------------------------------------------------------- the flush deadline
@@ -276,6 +289,44 @@ def test_flush_deadline_interrupts_retry_sleeps(receiver, make_sender, spool, fa
     assert (report.delivered, report.spooled) == (0, 3)
     message = sender.drain_messages()[0]
     assert "HTTP %d" % (fault.get("status") or 429) in message and "flush deadline" in message
+
+
+def test_write_ahead_spools_before_waiting_and_cut_ends_the_wait_at_once(receiver, make_sender, spool):
+    receiver.add_fault("blackhole", times=None, hold=15)
+    sender = make_sender(client_options=dict(FAST, timeout=10.0), spool=spool)
+    for number in range(4):
+        sender.submit(ep(receiver.push_url), event("ahead-%d" % (number % 2), number=number))
+    assert wait_until(lambda: len(receiver.requests) >= 1)
+    in_spool = []
+
+    def second_signal():
+        wait_until(lambda: spool.total() == 4, timeout=3)  # written before the flush waits: a kill now loses nothing
+        in_spool.append(spool.total())
+        sender.cut()  # what the callback's signal handler does
+
+    watcher = threading.Thread(target=second_signal)
+    watcher.start()
+    started = time.monotonic()
+    report = sender.flush(10, write_ahead=True)
+    elapsed = time.monotonic() - started
+    watcher.join()
+    assert in_spool == [4] and elapsed < 1.5, elapsed
+    assert (report.delivered, report.spooled, report.timed_out) == (0, 4, True)
+    assert [e["labels"]["n"] for e in spooled(spool, receiver.push_url)] == ["0", "1", "2", "3"]  # once each
+    sender.submit(ep(receiver.push_url), event("ahead-0", "Done", 5))
+    started = time.monotonic()
+    assert sender.flush(10, write_ahead=True).spooled == 5 and time.monotonic() - started < 0.5  # cut stays cut
+    assert spool.total() == 5
+
+
+def test_write_ahead_takes_back_what_was_delivered(receiver, make_sender, spool):
+    receiver.set_latency(0.3)
+    sender = make_sender(spool=spool)
+    for number in range(3):
+        sender.submit(ep(receiver.push_url), event("back-%d" % number, number=number))
+    report = sender.flush(5, write_ahead=True)
+    assert (report.delivered, report.spooled) == (3, 0) and len(receiver.events) == 3
+    assert spool.total() == 0 and os.listdir(spool.path) == []
 
 
 # ---------------------------------------------------------------- order, spool and replay
@@ -343,7 +394,7 @@ def test_spooled_events_go_first_next_run_and_only_once(make_sender, spool):
 
 
 def sender_threads_of(sender):
-    return [w.thread for w in sender._workers if w.thread is not None] + ([sender._dispatcher] if sender._dispatcher else [])
+    return [w.thread for w in sender._workers if w.thread is not None] + ([sender._replay.thread] if sender._replay.thread else [])
 
 
 def test_a_replay_that_fails_again_goes_back_in_order(receiver, make_sender, spool):

@@ -1,0 +1,120 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""What the callback's sending threads know about one endpoint's health: down, probed, back.
+
+Private to this collection: not a public API, may change without notice.
+
+An endpoint whose event failed after every retry is down: its events wait, in order, and after a pause one
+of them is sent alone as a probe (no retries). A probe that fails doubles the pause, up to a maximum; an
+answer of any kind (delivered or refused) brings the endpoint back. The caller serialises access (the
+sender's lock) and bumps its own generation when a method says the state changed.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import time
+
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import redact
+
+# After an event failed with every retry, its endpoint is left alone this long, doubling up to the maximum.
+DEFAULT_RETRY_PAUSE = 5.0
+MAX_RETRY_PAUSE = 60.0
+
+SEND, PROBE, WAIT = 'send', 'probe', 'wait'
+
+
+class EndpointHealth:
+    """One Endpoint (``endpoint``) and its health."""
+
+    def __init__(self, endpoint, retry_pause=DEFAULT_RETRY_PAUSE, clock=time.monotonic):
+        self.endpoint = endpoint
+        self.fp = endpoint.fingerprint
+        self.masked = endpoint.masked
+        self.secrets = endpoint.secrets
+        self._clock = clock
+        self.first_pause = retry_pause
+        self.pause = retry_pause
+        self.down_until = None     # clock time of the next probe while the endpoint is down
+        self.probing = False
+        self.last_error = None
+        self.unreachable = False   # the last failure had no answer at all (refused, unresolvable)
+        self.replayed = False      # its spool was queued for replay
+
+    def redact(self, text):
+        return redact(text, self.secrets)
+
+    def admit(self, now):
+        """SEND (up), PROBE (down and due: the caller sends this one event alone) or WAIT."""
+        if self.down_until is None:
+            return SEND
+        if self.probing or now < self.down_until:
+            return WAIT
+        self.probing = True
+        return PROBE
+
+    def due(self):
+        """When a waiting event may next be probed, or None (up, or a probe is under way)."""
+        return None if self.probing else self.down_until
+
+    def answered(self, probe):
+        """The endpoint answered (delivered or refused); True when its state changed."""
+        changed = self._probe_over(probe)
+        if self.down_until is not None:
+            self.down_until = None
+            self.unreachable = False
+            self.pause = self.first_pause
+            changed = True
+        return changed
+
+    def failed(self, error, probe):
+        """A transient failure after every retry (a FlashdutyError); True when its state changed."""
+        changed = self._probe_over(probe)
+        self.last_error = error.reason
+        self.unreachable = bool(error.unreachable)
+        if self.down_until is None or probe:
+            self.down_until = self._clock() + self.pause
+            changed = True
+            if probe:
+                self.pause = min(MAX_RETRY_PAUSE, self.pause * 2)
+        return changed
+
+    def interrupted(self, probe):
+        """The attempt was cut short (flush deadline, close): nothing learnt; True when its state changed."""
+        return self._probe_over(probe)
+
+    def _probe_over(self, probe):
+        if probe:
+            self.probing = False
+            return True
+        return False
+
+
+def sort_held(held, moment):
+    """Split held items into those that may be sent at ``moment`` and those that stay; also the next due time.
+
+    Items have ``endpoint`` (an EndpointHealth), ``key`` (the change key) and ``stuck``. An item that stays
+    keeps every later item of its change behind it.
+    """
+    movable = []
+    staying = []
+    staying_keys = set()
+    due = None
+    for item in held:
+        endpoint = item.endpoint
+        change = (endpoint.fp, item.key)
+        if item.stuck or change in staying_keys:
+            staying.append(item)
+            staying_keys.add(change)
+        elif endpoint.down_until is None or (not endpoint.probing and endpoint.down_until <= moment):
+            movable.append(item)
+        else:
+            staying.append(item)
+            staying_keys.add(change)
+            if not endpoint.probing:
+                due = endpoint.down_until if due is None else min(due, endpoint.down_until)
+    return movable, staying, due

@@ -1,0 +1,118 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Per-change ordering for the callback's sending threads: one event on its way, and one thread's queues.
+
+Private to this collection: not a public API, may change without notice.
+
+Every event of one change goes to the same thread, and an event that must wait (its endpoint is down, or it
+could not be delivered) keeps every later event of its change behind it. The sender's lock guards all of it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import time
+
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import sort_held
+
+
+class Item:
+    """One event on its way to ``endpoint`` (an EndpointHealth); ``batch``: its spool batch when replayed."""
+
+    __slots__ = ('seq', 'endpoint', 'key', 'event', 'batch', 'attempts', 'first_failure', 'last_error', 'stuck', 'abandoned')
+
+    def __init__(self, endpoint, event, batch=None, attempts=0, first_failure=None, last_error=None):
+        self.seq = 0
+        self.endpoint = endpoint
+        self.key = '%s' % (event.get('change_key'),)
+        self.event = event
+        self.batch = batch
+        self.attempts = attempts
+        self.first_failure = first_failure
+        self.last_error = last_error
+        self.stuck = False      # not to be tried again before the next flush spools it
+        self.abandoned = False  # taken by flush() while its thread was still sending it
+
+    @property
+    def change(self):
+        return (self.endpoint.fp, self.key)
+
+    def record(self, fallback):
+        """The spool record of this event; ``fallback`` is its last error if it never failed."""
+        return dict(event=self.event, first_failure=self.first_failure or time.time(), attempts=self.attempts,
+                    last_error=self.last_error or fallback)
+
+
+class Worker:
+    """One sending thread's queues: what it will send, in order, and what waits."""
+
+    def __init__(self, index):
+        self.index = index
+        self.queue = collections.deque()
+        self.held = []          # items waiting for their endpoint or for an earlier item of their change
+        self.blocked = set()    # the changes of the items in held
+        self.current = None     # the item being sent
+        self.transport = None   # its transport, to interrupt at the flush deadline
+        self.thread = None
+        self.clients = {}
+        self.generation = 0     # the sender's endpoint generation when held was last sorted
+        self.due = None         # when a held item's endpoint may next be probed
+
+    def hold(self, item, reason=None):
+        """Keep ``item`` (and so every later item of its change) waiting; ``reason``: its last error if it has none."""
+        if reason and not item.last_error:
+            item.last_error = reason
+        self.held.append(item)
+        self.blocked.add(item.change)
+        due = item.endpoint.due()
+        if not item.stuck and due is not None:
+            self.due = due if self.due is None else min(self.due, due)
+
+    def must_wait(self, item):
+        """True when an earlier item of the same change waits."""
+        return item.change in self.blocked
+
+    def requeue_ready(self, generation, now):
+        """Put back in front of the queue, in order, the held items whose endpoint may be tried again."""
+        if not self.held or (self.generation == generation and (self.due is None or now < self.due)):
+            return
+        self.generation = generation
+        movable, staying, self.due = sort_held(self.held, now)
+        if movable:
+            self.queue.extendleft(reversed(movable))
+            self.held = staying
+            self.blocked = set(item.change for item in staying)
+
+    def pending(self):
+        """Every item not delivered yet: held, queued and in flight (unless flush() took it)."""
+        items = list(self.held)
+        items.extend(self.queue)
+        if self.current is not None and not self.current.abandoned:
+            items.append(self.current)
+        return items
+
+    def take_all(self):
+        """Take every item out, marking the one in flight abandoned; ``(items, how many had not been tried)``.
+
+        An item abandoned by an earlier flush whose thread has not given it back yet is not taken again.
+        """
+        items = list(self.held)
+        fresh = len(self.queue)
+        items.extend(self.queue)
+        if self.current is not None and not self.current.abandoned:
+            self.current.abandoned = True
+            fresh += 1
+            items.append(self.current)
+        self.held, self.blocked, self.queue, self.due = [], set(), collections.deque(), None
+        return items, fresh
+
+    def forget(self, batch):
+        """Drop the items of a replayed ``batch`` (another run took it over)."""
+        self.queue = collections.deque(item for item in self.queue if item.batch is not batch)
+        self.held = [item for item in self.held if item.batch is not batch]
+        self.blocked = set(item.change for item in self.held)

@@ -1,0 +1,64 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) flashcat.flashduty contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The request rate limit shared by the callback's sending threads.
+
+Private to this collection: not a public API, may change without notice.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import threading
+import time
+
+# A tenth of a second's worth of requests may go out back to back, at most 5.
+MAX_BURST = 5
+
+
+class RateLimiter:
+    """A token bucket kept as one number (GCRA): at most ``max_rate`` requests per second, small bursts allowed.
+
+    ``max_rate`` 0 or None: no limit. Threads reserve their slot and then sleep on their own, so that no
+    thread is woken for another's request.
+    """
+
+    def __init__(self, max_rate, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tat = 0.0  # theoretical arrival time of the next request
+        if max_rate and float(max_rate) > 0:
+            self.interval = 1.0 / float(max_rate)
+            burst = max(1, min(MAX_BURST, int(float(max_rate) / 10)))
+            self._tolerance = self.interval * (burst - 1)
+        else:
+            self.interval = None
+            self._tolerance = 0.0
+
+    @property
+    def limited(self):
+        return self.interval is not None
+
+    def reserve(self, deadline=None):
+        """Reserve the next request slot; return the seconds to wait for it (0 for now), or None.
+
+        None means the slot comes after ``deadline`` (a clock value): nothing was reserved.
+        """
+        if self.interval is None:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            slot = max(self._tat, now)
+            start = slot - self._tolerance
+            if deadline is not None and start > deadline:
+                return None
+            self._tat = slot + self.interval
+        return max(0.0, start - now)
+
+    def reset(self):
+        """Forget past reservations (in a forked child, whose parent keeps its own)."""
+        self._lock = threading.Lock()
+        self._tat = 0.0

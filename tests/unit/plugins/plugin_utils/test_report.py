@@ -1,0 +1,94 @@
+"""Tests for plugins/plugin_utils/_report.py: what the callback says became of its events."""
+# pylint: disable=missing-function-docstring
+
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import FlashdutyError, endpoint_for
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import EndpointHealth
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._report import FlushReport, Leftovers, Refusals
+
+PROD = EndpointHealth(endpoint_for("https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "c3" * 16))
+STAGING = EndpointHealth(endpoint_for("https://api.flashcat.cloud/event/push/change/standard?integration_key=" + "d4" * 16))
+MASKED = "https://api.flashcat.cloud/event/push/change/standard?integration_key=****"
+
+
+def unauthorized(request_id):
+    return FlashdutyError("HTTP 401 Unauthorized: bad key", status_code=401, code="Unauthorized", request_id=request_id)
+
+
+def event(key, status="Done"):
+    return {"change_key": key, "change_status": status}
+
+
+class Failed:
+    def __init__(self, last_error=None):
+        self.last_error = last_error
+
+
+def test_one_warning_per_kind_of_refusal_and_endpoint_with_the_first_request_ids():
+    refusals = Refusals()
+    for number in range(8):
+        refusals.add(PROD, unauthorized("r%d" % number), event("k%d" % number))
+    refusals.add(STAGING, unauthorized("s0"), event("s", "Processing"))
+    refusals.add(PROD, FlashdutyError("HTTP 400 InvalidParameter: title", status_code=400, code="InvalidParameter",
+                                      request_id="p0"), event("p"), from_spool=True)
+    refusals.add(PROD, unauthorized("r8"), event("k8"))
+    messages = refusals.take_messages()
+    assert messages == [
+        "Flashduty refused 9 change events at %s: HTTP 401 Unauthorized: bad key (request_ids of the first 5: r0, r1, r2, r3, r4); "
+        "the integration key was not accepted: copy the push URL again from the Flashduty integration page" % MASKED,
+        "Flashduty did not accept the Processing event of change s at %s: HTTP 401 Unauthorized: bad key (request_id: s0); "
+        "the integration key was not accepted: copy the push URL again from the Flashduty integration page" % MASKED,
+        "Flashduty did not accept the Done event of change p (from the spool) at %s: HTTP 400 InvalidParameter: title "
+        "(request_id: p0); check the event fields, and that the push URL matches the integration's push URL exactly" % MASKED,
+    ]
+    assert refusals.take_messages() == []  # each said once
+
+
+def test_request_ids_all_when_few_and_none_when_the_server_gave_none():
+    refusals = Refusals()
+    refusals.add(PROD, unauthorized("a"), event("x"))
+    refusals.add(PROD, unauthorized("b"), event("y"))
+    assert refusals.take_messages()[0].startswith("Flashduty refused 2 change events at %s: HTTP 401 Unauthorized: bad key "
+                                                  "(request_ids: a, b); " % MASKED)
+    refusals.add(PROD, unauthorized(None), event("x"))
+    refusals.add(PROD, unauthorized("late"), event("y"))
+    assert "(request_id of the first: late)" in refusals.take_messages()[0]
+    refusals.add(PROD, FlashdutyError("internal error while sending: KeyError: 'x'"), event("x"))
+    refusals.add(PROD, FlashdutyError("internal error while sending: KeyError: 'x'"), event("y"))
+    assert refusals.take_messages() == ["Flashduty refused 2 change events at %s: internal error while sending: KeyError: 'x'" % MASKED]
+
+
+def test_leftovers_say_once_per_endpoint_what_was_spooled_or_lost_with_the_last_error():
+    class SpoolStub:
+        path = "/home/me/.ansible/flashduty/spool"
+        max_events = 1000
+
+    result = Leftovers("not delivered within the 4.8 s flush timeout")
+    result.spooled(PROD, [Failed("HTTP 503"), Failed(None)])
+    result.spooled(PROD, [Failed(None)])
+    result.spooled(STAGING, [Failed(None)])
+    result.spooled(STAGING, [])
+    result.not_spooled(STAGING, [Failed("could not reach api.flashcat.cloud")], "cannot write: disk full")
+    result.dropped = 3
+    assert (result.spooled_count, result.lost_count) == (4, 1)
+    assert result.messages(SpoolStub()) == [
+        "3 change events could not be delivered to %s: HTTP 503; they are spooled in %s and will be sent by the next run"
+        % (MASKED, SpoolStub.path),
+        "1 change event could not be delivered to %s: not delivered within the 4.8 s flush timeout; it is spooled in %s and "
+        "will be sent by the next run" % (MASKED, SpoolStub.path),
+        "1 change event could not be delivered to %s: could not reach api.flashcat.cloud; it is lost (the spool failed: "
+        "cannot write: disk full)" % MASKED,
+        "the Flashduty spool %s holds at most 1000 change events: the 3 oldest were dropped" % SpoolStub.path,
+    ]
+    nothing = Leftovers("fallback")
+    nothing.not_spooled(PROD, [Failed(None)])
+    assert nothing.messages(None) == ["1 change event could not be delivered to %s: fallback; it is lost (no spool is configured)"
+                                      % MASKED]
+
+
+def test_flush_report_summary():
+    report = FlushReport(delivered=12, replayed=2, failed=1, spooled=3, elapsed=0.42)
+    assert report.summary() == "Flashduty change events: 12 delivered (2 from the spool), 1 refused, 3 spooled; flush 0.4 s"
+    report = FlushReport(spooled=4, lost=1, dropped=2, timed_out=True, pending=4, elapsed=4.75)
+    assert report.summary() == ("Flashduty change events: 0 delivered, 4 spooled, 2 dropped from the full spool, 1 lost; "
+                                "flush 4.8 s, timed out with 4 pending")
+    assert report.as_dict()["pending"] == 4 and "pending=4" in repr(report)
