@@ -273,7 +273,7 @@ _PUBLIC = isinstance(getattr(TaskResult, 'host', None), property)
 _host_name = operator.attrgetter('host.name' if _PUBLIC else '_host.name')
 _task_of = operator.attrgetter('task' if _PUBLIC else '_task')
 # Results keep only the id of their task (a str): holding the task copies of a whole task would keep them alive and
-# free them in _tally() instead of in the strategy.
+# free them in _fold_outcomes() instead of in the strategy.
 _task_id = operator.attrgetter('task._uuid' if _PUBLIC else '_task._uuid')
 # The result dict of a task result: its public ``result`` on ansible-core 2.19+, where ``_result`` is deprecated.
 _result_dict = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
@@ -323,7 +323,7 @@ class _PlayState:
         self.name = None
         self.check_mode = check_mode
         self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until _tally()
+        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until _fold_outcomes()
         self.log = _outcome.PlayLog()
         self.failed = set()
         self.unreachable = set()
@@ -576,7 +576,7 @@ class CallbackModule(CallbackBase):
     #
     # They run once per host and task on the strategy's thread: each appends (host name, counters to add, task id,
     # time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
-    # _tally() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
+    # _fold_outcomes() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
 
     def v2_runner_on_ok(self, result, **kwargs):
         outcomes = self._outcomes
@@ -654,7 +654,7 @@ class CallbackModule(CallbackBase):
             name = getattr(task, 'action', None)
         return ('%s' % (name or 'unnamed task',)).strip()
 
-    def _tally(self):
+    def _fold_outcomes(self):
         """Fold the outcomes gathered since the last call into the play's log."""
         state = self._play
         if state is None or not state.outcomes:
@@ -672,7 +672,7 @@ class CallbackModule(CallbackBase):
         self._task_starts(task)
 
     def _task_starts(self, task):
-        self._tally()
+        self._fold_outcomes()
         state = self._play
         if state is not None and state.changes:
             state.log.name_task(getattr(task, '_uuid', None), self._task_label(task))
@@ -721,7 +721,7 @@ class CallbackModule(CallbackBase):
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
-        self._tally()
+        self._fold_outcomes()
         state, self._play = self._play, None
         self._outcomes = None
         if state is None or not state.changes:

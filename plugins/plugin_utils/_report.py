@@ -126,10 +126,10 @@ class Leftovers:
         self.spool_problem = None
 
     def spooled(self, endpoint, items):
-        _tally(self.stored, endpoint, items, self.fallback)
+        _count_into(self.stored, endpoint, items, self.fallback)
 
     def not_spooled(self, endpoint, items, problem=None):
-        _tally(self.lost, endpoint, items, self.fallback)
+        _count_into(self.lost, endpoint, items, self.fallback)
         if problem is not None:
             self.spool_problem = problem
 
@@ -157,7 +157,7 @@ class Leftovers:
         return messages
 
 
-def _tally(table, endpoint, items, fallback):
+def _count_into(table, endpoint, items, fallback):
     """Add ``items`` to ``table[endpoint]`` = (count, the last error among them or before)."""
     if not items:
         return

@@ -68,10 +68,24 @@ def test_missing_variables_are_named(run_playbook, receiver):
     result = run_playbook([PLAYBOOK, "-e", "change_status=Done"])
     assert result.returncode == 2, _output(result)
     message = result.stdout
-    assert "Missing: -e change_key=..., -e title=..., the push URL" in message, _output(result)
-    assert "flashduty_push_url" in message and "FLASHDUTY_PUSH_URL" in message
+    assert "Missing: -e change_key=..., -e title=.... Usage:" in message, _output(result)
     assert "-e change_status" not in message.split("Missing:")[1].split("Usage:")[0]
+    # No endpoint anywhere: the task says so, naming every source it reads, as everywhere else.
+    nowhere = run_playbook([PLAYBOOK, "-e", "change_key=CHG-6", "-e", "change_status=Done", "-e", "title=T"])
+    assert nowhere.returncode == 2, _output(nowhere)
+    assert "push_url: no Flashduty push URL given" in nowhere.stdout, _output(nowhere)
+    assert all(source in nowhere.stdout for source in ("flashduty_push_url", "FLASHDUTY_PUSH_URL", "[flashduty] section of ansible.cfg"))
     assert receiver.requests == []
+
+
+def test_the_push_url_may_come_from_ansible_cfg(run_playbook, ansible_env, receiver, tmp_path):
+    config = tmp_path / "ansible.cfg"
+    config.write_text("[flashduty]\npush_url = %s\n" % receiver.push_url, encoding="utf-8")
+    result = run_playbook([PLAYBOOK, "-e", "change_key=CHG-7", "-e", "change_status=Done", "-e", "title=T"],
+                          env=dict(ansible_env, ANSIBLE_CONFIG=str(config)))
+    assert result.returncode == 0, _output(result)
+    assert [e["change_key"] for e in receiver.events] == ["CHG-7"]
+    assert receiver.integration_key not in result.stdout + result.stderr
 
 
 def test_empty_value_counts_as_missing_and_bad_status_is_named(run_playbook, ansible_env, receiver):
