@@ -14,19 +14,17 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from rst_blocks import code_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RST_DIR = REPO_ROOT / "docs" / "docsite" / "rst"
 MARKDOWN = [REPO_ROOT / "roles" / "change" / "README.md", REPO_ROOT / "docs" / "README.md", REPO_ROOT / "README.md"]
 ANSIBLE_LINT = Path(sys.executable).parent / "ansible-lint"
 
-_RST_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\.\. code-block:: (?P<lang>[\w+-]+)[ \t]*\n(?:(?P=indent)[ \t]+:.*\n)*\n",
-                        re.MULTILINE)
 _MD_BLOCK = re.compile(r"^```(?P<lang>[\w+-]+)[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
@@ -39,17 +37,8 @@ _Loader.add_constructor("!unsafe", lambda loader, node: loader.construct_scalar(
 
 
 def _rst_blocks(path):
-    text = path.read_text(encoding="utf-8")
-    for match in _RST_BLOCK.finditer(text):
-        indent = len(match.group("indent").expandtabs())
-        lines = []
-        for line in text[match.end():].splitlines():
-            if line.strip() and len(line) - len(line.lstrip()) <= indent:
-                break
-            lines.append(line)
-        body = textwrap.dedent("\n".join(lines)).strip("\n") + "\n"
-        lineno = text.count("\n", 0, match.start()) + 1
-        yield f"{path.relative_to(REPO_ROOT)}:{lineno}", match.group("lang"), body
+    for block in code_blocks(path):
+        yield f"{path.relative_to(REPO_ROOT)}:{block.line}", block.lang, block.body
 
 
 def _markdown_blocks(path):

@@ -13,31 +13,24 @@ import re
 import select
 import signal
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+from rst_blocks import code_blocks
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "docsite" / "rst" / "getting_started.rst"
 VENV_BIN = Path(sys.executable).parent
 VAULT_PASSWORD = "getting started"
 NOT_RUN = ("ansible-galaxy collection install flashcat.flashduty",)
-_BLOCK = re.compile(r"^(?P<indent> *)\.\. code-block:: (?P<lang>[\w+-]+)\n(?P<options>(?:(?P=indent) +:.*\n)*)\n", re.MULTILINE)
 
 
 def guide_steps():
     """("command", text) and ("file", (name, text)) in the order the guide gives them."""
-    text = GUIDE.read_text(encoding="utf-8")
-    for match in _BLOCK.finditer(text):
-        lines = []
-        for line in text[match.end():].splitlines():
-            if line.strip() and len(line) - len(line.lstrip()) <= len(match.group("indent")):
-                break
-            lines.append(line)
-        body = textwrap.dedent("\n".join(lines)).strip("\n") + "\n"
-        caption = re.search(r":caption: (\S+)", match.group("options"))
-        if match.group("lang") == "console":
+    for block in code_blocks(GUIDE):
+        body = block.body
+        caption = re.search(r":caption: (\S+)", block.options)
+        if block.lang == "console":
             for line in body.splitlines():
                 if line.startswith("$ "):
                     yield "command", line[2:].strip()

@@ -6,13 +6,13 @@ counting change keys and final statuses. The role example is taken from the guid
 """
 # pylint: disable=missing-function-docstring,redefined-outer-name,import-error
 
-import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from rst_blocks import code_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -31,17 +31,7 @@ def final_statuses(events):
 
 def rst_block(path, marker):
     """The body of the ``.. code-block::`` in ``path`` whose text contains ``marker``."""
-    text = path.read_text(encoding="utf-8")
-    for match in re.finditer(r"^(?P<indent> *)\.\. code-block:: [\w+-]+\n(?:(?P=indent) +:.*\n)*\n", text, re.MULTILINE):
-        lines = []
-        for line in text[match.end():].splitlines():
-            if line.strip() and len(line) - len(line.lstrip()) <= len(match.group("indent")):
-                break
-            lines.append(line)
-        body = textwrap.dedent("\n".join(lines)).strip("\n") + "\n"
-        if marker in body:
-            return body
-    raise AssertionError(f"no code block with {marker!r} in {path}")
+    return next(block.body for block in code_blocks(path) if marker in block.body)
 
 
 def output(proc):
