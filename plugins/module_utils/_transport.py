@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import base64
+import codecs
 import io
 import socket
 import ssl
@@ -35,6 +36,11 @@ except ImportError:  # pragma: no cover - Python 2 is not supported
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import FlashdutyError, shown
 
 USER_AGENT = 'flashcat.flashduty-ansible'
+
+# getaddrinfo() imports the idna codec the first time it resolves a host name. Were that import made by a
+# sending thread while Ansible forks a worker, its lock would stay held in the worker, whose own first host
+# name lookup (a change_event task) would then hang for ever: import it now, on the thread loading this module.
+codecs.lookup('idna')
 # Flashduty's answers are a few hundred bytes: more is a proxy page or worse, never kept whole.
 MAX_ANSWER_BYTES = 64 * 1024
 
