@@ -116,3 +116,13 @@ def test_ansible_examples_pass_ansible_lint_production(tmp_path, ansible_env):
     listing = "\n".join(f"{path}  <-  {where}" for path, where in written)
     assert result.returncode == 0, f"{listing}\n--- stdout ---\n{result.stdout[-8000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
     shutil.rmtree(project / ".ansible", ignore_errors=True)
+
+
+def test_the_adversarial_cases_table_names_tests_that_exist():
+    guide = (RST_DIR / "delivery.rst").read_text(encoding="utf-8")
+    table = guide.split("Adversarial cases\n", 1)[1].split("\nOrdering\n", 1)[0]
+    named = set(re.findall(r"``(test_\w+)``", table))
+    defined = set()
+    for path in (REPO_ROOT / "tests").rglob("test_*.py"):
+        defined.update(re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.MULTILINE))
+    assert len(named) >= 12 and named <= defined, sorted(named - defined)
