@@ -50,8 +50,8 @@ def spread(rows, index):
 
 def main(repetitions):
     with Receiver("k" * 32, quiet=True) as busy, Receiver("k" * 32, quiet=True, latency=2.0) as idle:
-        full = [one_run(busy, True) for _ in range(repetitions)]
-        alone = [one_run(idle, False) for _ in range(repetitions)]
+        full = [one_run(busy, True) for _dummy in range(repetitions)]
+        alone = [one_run(idle, False) for _dummy in range(repetitions)]
     print("submit + flush, answers at once: submit CPU %.1f ms (min %.1f), submit wall %.1f ms (min %.1f), "
           "submit + flush wall %.2f s (min %.2f)" % (spread(full, 0) + spread(full, 1) + spread(full, 2)))
     cpu, cpu_min = spread(alone, 0)

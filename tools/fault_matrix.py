@@ -294,7 +294,6 @@ def run_playbook(project, playbook, out_dir, name, callback=True, spool=None, ti
     return Run(proc.returncode, wall, stdout, stderr, log, log_path, ended)
 
 
-
 # --------------------------------------------------------------------------- reading the results
 
 def warnings_in(text):

@@ -44,8 +44,8 @@ def totals_line(recap_hosts, hosts=None):
         if hosts is None or host in hosts:
             for name, count in counts.items():
                 sums[name] += count
-    return "Tasks: " + " ".join("%s=%d" % (name, sums[name]) for name in ("ok", "changed", "failed", "skipped", "unreachable",
-                                                                              "ignored", "rescued"))
+    names = ("ok", "changed", "failed", "skipped", "unreachable", "ignored", "rescued")
+    return "Tasks: " + " ".join("%s=%s" % (name, sums[name]) for name in names)
 
 
 def done_of(events):

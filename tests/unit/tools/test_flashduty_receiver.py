@@ -397,9 +397,9 @@ def test_fault_validation():
 # ---------------------------------------------------------------- hostile answers, read with a raw socket
 
 
-def raw_post(rcv, body=GOOD):
+def raw_post(rcv, body=None):
     """Open a connection, send one push request by hand; return the socket (the answer is not read)."""
-    data = json.dumps(body).encode("utf-8")
+    data = json.dumps(GOOD if body is None else body).encode("utf-8")
     sock = socket.create_connection(("127.0.0.1", rcv.port), timeout=5)
     sock.sendall(f"POST {PUSH}?integration_key={KEY} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(data)}\r\n\r\n".encode("ascii") + data)

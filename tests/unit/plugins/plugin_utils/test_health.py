@@ -53,7 +53,7 @@ def test_a_failed_probe_doubles_the_pause_up_to_the_maximum():
     endpoint, clock = health()
     endpoint.failed(TIMEOUT, probe=False)
     pauses = []
-    for _ in range(6):
+    for _dummy in range(6):
         clock.now = endpoint.due()
         assert endpoint.admit(clock.now) == PROBE
         assert endpoint.failed(TIMEOUT, probe=True) is True

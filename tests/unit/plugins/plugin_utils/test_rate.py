@@ -19,17 +19,17 @@ def test_no_limit_never_waits():
     for max_rate in (None, 0, -3):
         limiter = RateLimiter(max_rate)
         assert not limiter.limited
-        assert [limiter.reserve(deadline=0.0) for _ in range(100)] == [0.0] * 100
+        assert [limiter.reserve(deadline=0.0) for _dummy in range(100)] == [0.0] * 100
 
 
 def test_a_burst_then_one_slot_per_interval():
     clock = Clock()
     limiter = RateLimiter(40, clock=clock)  # burst of 4, then one every 25 ms
-    waits = [limiter.reserve() for _ in range(8)]
+    waits = [limiter.reserve() for _dummy in range(8)]
     assert waits[:4] == [0.0] * 4
     assert [round(wait, 3) for wait in waits[4:]] == [0.025, 0.05, 0.075, 0.1]
     clock.now += 10  # idle for long: the bucket is full again, not more than full
-    assert [limiter.reserve() for _ in range(4)] == [0.0] * 4
+    assert [limiter.reserve() for _dummy in range(4)] == [0.0] * 4
     assert limiter.reserve() > 0
 
 
@@ -38,7 +38,7 @@ def test_small_rates_have_no_burst_and_large_ones_at_most_five():
     slow = RateLimiter(2, clock=clock)
     assert slow.reserve() == 0.0 and slow.reserve() == 0.5
     fast = RateLimiter(1000, clock=clock)
-    assert [fast.reserve() for _ in range(5)] == [0.0] * 5 and fast.reserve() > 0
+    assert [fast.reserve() for _dummy in range(5)] == [0.0] * 5 and fast.reserve() > 0
 
 
 def test_a_slot_after_the_deadline_is_not_reserved():
@@ -55,13 +55,13 @@ def test_threads_share_one_limit():
     lock = threading.Lock()
 
     def take(count):
-        for _ in range(count):
+        for _dummy in range(count):
             wait = limiter.reserve()
             time.sleep(wait)
             with lock:
                 starts.append(time.monotonic())
 
-    threads = [threading.Thread(target=take, args=(10,)) for _ in range(4)]
+    threads = [threading.Thread(target=take, args=(10,)) for _dummy in range(4)]
     began = time.monotonic()
     for thread in threads:
         thread.start()
