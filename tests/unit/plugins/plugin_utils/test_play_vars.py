@@ -26,8 +26,9 @@ from ansible.vars.manager import VariableManager
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play, _play_vars
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_vars import PLAY_VARIABLES, PlayReader, VariableProblem
 
-WEB_URL = "https://flashduty.example.com/event/push/change/standard?integration_key=0123456789abcdef0123456789abcdef"
-DB_URL = "https://flashduty.example.com/event/push/change/standard?integration_key=fedcba9876543210fedcba9876543210"
+PUSH = "https://flashduty.example.com/event/push/change/standard?integration_key="
+WEB_URL = PUSH + "0123456789abcdef" * 2  # made-up keys
+DB_URL = PUSH + "fedcba9876543210" * 2
 WEB_KEY = "0123456789abcdef0123456789abcdef"
 RIGHT = (("default", VaultSecret(b"the right vault password")),)
 WRONG = [("default", VaultSecret(b"a wrong vault password"))]
