@@ -83,7 +83,7 @@ def parse_retry_after(value, now=None):
 def describe_answer(answer):
     """Flashduty's verdict on one answer, as the server wrote it: ``(request_id, error_code, message, data)``.
 
-    Nothing here is redacted: see Verdict for what may be shown.
+    Nothing here is redacted: FlashdutyClient masks what it shows (``shown()``).
     """
     request_id = answer.headers.get(REQUEST_ID_HEADER) if answer.headers is not None else None
     code = message = data = None

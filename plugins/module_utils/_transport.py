@@ -21,17 +21,13 @@ __metaclass__ = type
 
 import base64
 import codecs
+import http.client as http_client
 import io
 import socket
 import ssl
 import time
 from urllib.parse import unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
-
-try:
-    import http.client as http_client
-except ImportError:  # pragma: no cover - Python 2 is not supported
-    http_client = None
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import FlashdutyError, shown
 
@@ -100,7 +96,7 @@ class _DeadlineReader(io.RawIOBase):
         super(_DeadlineReader, self).close()
 
 
-class _Answer(http_client.HTTPResponse if http_client else object):
+class _Answer(http_client.HTTPResponse):
     """http.client's response, reading through a _DeadlineReader."""
 
     def __init__(self, sock, debuglevel=0, method=None, url=None, deadline=None):
@@ -125,11 +121,11 @@ class _Deadlines:
         return _Answer(sock, debuglevel, method, url, deadline=self.deadline)
 
 
-class _HTTPConnection(_Deadlines, http_client.HTTPConnection if http_client else object):
+class _HTTPConnection(_Deadlines, http_client.HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection if http_client else object):
+class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection):
 
     def connect(self):
         # As http.client does, but the handshake gets only what is left after connecting and tunnelling.

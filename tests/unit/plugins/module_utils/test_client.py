@@ -178,7 +178,7 @@ def test_parse_retry_after(value, expected):
     ('invalid_parameter_key', 400, 'InvalidParameter', '7c4f0e9a2d1b4c3e8f6a5b4c3d2e1f0a'),
     ('internal_error', 500, 'InternalError', 'e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5'),
 ])
-def test_describe_response_fixtures(name, status, code, request_id):
+def test_describe_answer_fixtures(name, status, code, request_id):
     got_request_id, got_code, message, data = cl.describe_answer(tr.Answer(status, {}, fixture_body(name)))
     document = json.loads(fixture_body(name))
     assert (got_request_id, got_code) == (request_id, code)

@@ -541,7 +541,7 @@ def test_resolve_key_in_an_earlier_source_beats_a_push_url_in_a_later_one():
     assert resolve_url(src(integration_key='ARGKEY'), src(variable)) == 'https://api.flashcat.cloud%s?integration_key=ARGKEY' % PUSH
 
 
-def test_resolve_push_url_beats_key_within_one_source():
+def test_a_push_url_beats_key_within_one_source():
     argument = 'https://arg.example.com%s?integration_key=ARGKEY' % PUSH
     assert resolve_url(src(argument, 'OTHER', 'https://x.example.com')) == argument
 
