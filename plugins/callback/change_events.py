@@ -229,12 +229,9 @@ flashduty_labels:
 #         ansible.builtin.command: logrotate /etc/logrotate.conf
 """
 
-import atexit
 import functools
 import operator
 import os
-import signal
-import threading
 import time
 import uuid
 
@@ -248,14 +245,20 @@ from ansible.release import __version__ as ansible_version
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     OPTION_RANGES,
     FlashdutyError,
-    build_event,
     option_problem,
     redact,
-    truncate,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _play_vars, _revision, _story
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes import ChangeMaker
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _play_vars, _revision
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes import (
+    ChangeMaker,
+    PlayState,
+    batch_hosts,
+    host_pattern,
+    runs_something,
+    task_label,
+)
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._run_end import RunEnd
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import (
     RESULT_CHANGED as _OK_CHANGED,
     RESULT_FAILED as _FAILED,
@@ -275,15 +278,10 @@ _task_of = operator.attrgetter('task' if _PUBLIC else '_task')
 # Results keep only the id of their task (a str): holding the task copies of a whole task would keep them alive and
 # free them in _fold_outcomes() instead of in the strategy.
 _task_id = operator.attrgetter('task._uuid' if _PUBLIC else '_task._uuid')
-# The result dict of a task result: its public ``result`` on ansible-core 2.19+, where ``_result`` is deprecated.
 _result_dict = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
 # Tasks whose results are change events the playbook sent itself (the role sends through the same task).
 _EXPLICIT_ACTIONS = frozenset(('flashcat.flashduty.change_event',))
 _ADHOC_PLAYBOOK = '__adhoc_playbook__'
-_FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
-                           'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
-# meta tasks (end_play, flush_handlers...) steer the play and run nothing on its hosts.
-_META_ACTIONS = frozenset(('meta', 'ansible.builtin.meta', 'ansible.legacy.meta'))
 
 WARNING_PREFIX = 'Flashduty change events: '
 # Kept out of flush_timeout for stopping the sending threads, writing the spool and exiting, so that
@@ -296,42 +294,14 @@ def _guarded(method):
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        self._busy += 1
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as exc:  # never core's generic "Failure using method" warning, never a traceback
-            self._internal_error(method.__name__, exc)
-        finally:
-            self._busy -= 1
-            if not self._busy and self._deferred_signal is not None:
-                signum, self._deferred_signal = self._deferred_signal, None
-                self._terminate(signum, None)
+        with self._end:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:  # never core's generic "Failure using method" warning, never a traceback
+                self._internal_error(method.__name__, exc)
         return None
 
     return wrapper
-
-
-class _PlayState:
-    """What the callback tracks about the current play."""
-
-    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'log', 'failed', 'unreachable', 'batches',
-                 'context', 'targets', 'secrets', 'replay_only')
-
-    def __init__(self, play, index, check_mode):
-        self.uuid = play._uuid
-        self.index = index
-        self.name = None
-        self.check_mode = check_mode
-        self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until _fold_outcomes()
-        self.log = _outcome.PlayLog()
-        self.failed = set()
-        self.unreachable = set()
-        self.batches = [play]
-        self.context = None
-        self.targets = []
-        self.secrets = ()      # the integration keys of the play's push URLs, masked in what is taken from results
-        self.replay_only = False
 
 
 class CallbackModule(CallbackBase):
@@ -343,13 +313,11 @@ class CallbackModule(CallbackBase):
     CALLBACK_NEEDS_ENABLED = True
 
     def __init__(self, display=None, options=None):
-        self._busy = 0
-        self._deferred_signal = None
+        self._end = RunEnd(self._finish, self._cut, self._internal_error)
         self._play = None
         self._outcomes = None  # the current play's outcomes list while its results are counted
         self._play_index = 0
         self._playbook = None
-        self._adhoc_module = None
         self._git_revision = None
         self._clock = float
         self._dead_hosts = set()
@@ -357,24 +325,15 @@ class CallbackModule(CallbackBase):
         self._sender = None
         self._reported_counts = None
         self._replayed = set()
-        self._explicit = {}  # change key -> the last status a change_event task sent for it in this run
         self._replay_report = False
         self._decrypted = {}
         self._run_id = '%s-%s' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime()), uuid.uuid4().hex[:6])
         self._user, self._controller = _play.controller_identity()
-        self._status_map = dict(_play.DEFAULT_STATUS_MAP)
-        self._finished = False
-        self._ending = False  # the end of the run (its flush) has begun: a signal now shortens it
         self._playbooks_started = 0
-        self._stop_after_flush = False  # Ctrl-C in the flush after a playbook that is not the last
-        self._pid = os.getpid()
-        self._handlers_installed = False
-        self._previous_handlers = {}
-        self._interrupted_by = None
         self._config_ok = False
         super(CallbackModule, self).__init__(display=display, options=options)
 
-    # ---------------------------------------------------------------- options
+    # ---------------------------------------------------------------- options and warnings
 
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super(CallbackModule, self).set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -388,15 +347,13 @@ class CallbackModule(CallbackBase):
         if not self.get_option('enabled'):
             self.disabled = True
             return
-        self._status_map, problems = _play.parse_status_map(self.get_option('status_map'))
+        status_map, problems = _play.parse_status_map(self.get_option('status_map'))
         for problem in problems:
             self._warn_once(problem)
-        self._per_host = bool(self.get_option('per_host'))
-        self._changed_only = bool(self.get_option('changed_only'))
+        per_host = bool(self.get_option('per_host'))
         self._check_mode_policy = self.get_option('check_mode') or 'skip'
-        self._task_names = bool(self.get_option('task_names'))
         # When each task result came is only needed for the end of each host's own change (per-host mode).
-        self._clock = time.time if self._per_host else float
+        self._clock = time.time if per_host else float
         self._label_vars = [name.strip() for name in (self.get_option('label_vars') or []) if name and name.strip()]
         self._flush_timeout = float(self._number_option('flush_timeout'))
         self._max_rate = float(self._number_option('max_rate'))
@@ -405,7 +362,9 @@ class CallbackModule(CallbackBase):
                                     validate_certs=self.get_option('validate_certs'), ca_path=self.get_option('ca_path'))
         option_endpoint = dict(push_url=self.get_option('push_url'), integration_key=self.get_option('integration_key'),
                                api_url=self.get_option('api_url'))
-        self._maker = ChangeMaker(self._warn_once, option_endpoint, self._label_vars, self._per_host, self._run_id)
+        self._maker = ChangeMaker(self._warn_once, lambda message: self._display.vvv(WARNING_PREFIX + message), option_endpoint,
+                                  self._label_vars, per_host, self._run_id, status_map, changed_only=bool(self.get_option('changed_only')),
+                                  task_names=bool(self.get_option('task_names')))
         self._ci = _play.detect_ci(os.environ)
         self._config_ok = True
 
@@ -418,8 +377,6 @@ class CallbackModule(CallbackBase):
         default = OPTION_RANGES[name][3]
         self._warn_once('%s; the default %s is used' % (problem, '%g' % default))
         return default
-
-    # ---------------------------------------------------------------- warnings
 
     def _warn_once(self, message, key=None):
         """One warning per distinct problem and run. ``message`` must already be redacted."""
@@ -453,9 +410,8 @@ class CallbackModule(CallbackBase):
         path = getattr(playbook, '_file_name', None)
         if path == _ADHOC_PLAYBOOK:
             self._playbook = None
-            self._adhoc_module = self._maker.module = context.CLIARGS.get('module_name') or 'command'
-            return
-        if path:
+            self._maker.module = context.CLIARGS.get('module_name') or 'command'
+        elif path:
             self._playbook = _play.playbook_label(path)
             if self._config_ok:
                 started = time.monotonic()
@@ -465,23 +421,22 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_play_start(self, play):
-        if not self._config_ok or self._finished:
+        if not self._config_ok or self._end.finished:
             return
         current = self._play
         if current is not None and current.uuid == play._uuid:
             # The next serial batch of the same play: still one change.
             current.batches.append(play)
-            current.log.start_batch(_batch_hosts(play, current.targets))
+            current.log.start_batch(batch_hosts(play, current.targets))
             return
         self._close_play()
         self._play_index += 1
         check_mode = bool(getattr(play, 'check_mode', False))
-        state = _PlayState(play, self._play_index, check_mode)
-        self._play = state
+        state = self._play = PlayState(play, self._play_index, check_mode)
         if check_mode and self._check_mode_policy != 'planned':
             return
         self._open_changes(play, state)
-        state.log.start_batch(_batch_hosts(play, state.targets))
+        state.log.start_batch(batch_hosts(play, state.targets))
         self._show_messages()
 
     def _open_changes(self, play, state):
@@ -492,85 +447,45 @@ class CallbackModule(CallbackBase):
         if not hosts:
             return
         state.targets = [host.name for host in hosts]
-        if self._adhoc_module:
-            state.name = 'ad-hoc %s' % self._adhoc_module
-        else:
-            state.name = '%s' % (play.get_name() or _pattern(play.hosts),)
-        order = dict((host.name, index) for index, host in enumerate(hosts))
+        module = self._maker.module
+        state.name = 'ad-hoc %s' % module if module else '%s' % (play.get_name() or host_pattern(play.hosts),)
         endpoints = {}
         classes = reader.classes(hosts)
         for members in classes:
             resolved = self._maker.resolve(reader, members, state.name, self._decrypted)
-            if resolved is None:
-                continue
-            endpoint, values = resolved
-            endpoints.setdefault(endpoint, []).append((members, values))
+            if resolved is not None:
+                endpoints.setdefault(resolved[0], []).append((members, resolved[1]))
         self._display.vvv('Flashduty change events: play "%s": %d hosts, variables resolved for %d host set(s) in %.3f s'
                           % (state.name, len(hosts), len(classes), time.monotonic() - started))
         if not endpoints:
             return
-        self._install_handlers()
+        self._end.install()
         cli = context.CLIARGS
-        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars)
-        revision = self._git_revision or _revision.ci_revision((ci or {}).get('labels'))
-        state.context = dict(playbook=self._playbook, pattern=_pattern(play.hosts), limit=cli.get('subset') or None,
-                             tags=list(cli.get('tags') or ()), check_mode=state.check_mode, user=self._user,
-                             controller=self._controller, ansible_version=ansible_version, run_id=self._run_id,
-                             revision=revision, module=self._adhoc_module)
+        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars) or {}
+        shared = dict(playbook=self._playbook, pattern=host_pattern(play.hosts), limit=cli.get('subset') or None,
+                      tags=list(cli.get('tags') or ()), check_mode=state.check_mode, ansible_version=ansible_version,
+                      run_id=self._run_id, revision=self._git_revision or _revision.ci_revision(ci.get('labels')), module=module)
+        state.context = dict(shared, user=self._user, controller=self._controller)
+        labelled = dict(shared, play=state.name, skip_tags=cli.get('skip_tags'), controller_user=self._user,
+                        controller_host=self._controller, ci_labels=ci.get('labels'))
         # The collection's own playbooks report no change of their own (send_change_event sends its event as a task);
         # flush_spool also wants to hear what became of the spool. Either way the spool for the play's push URL is replayed.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
         self._replay_report = self._replay_report or replay_only
-        replay_only = replay_only or not boolean(play.vars.get('flashduty_report_play', True), strict=False)
-        state.replay_only = replay_only
+        state.replay_only = replay_only or not boolean(play.vars.get('flashduty_report_play', True), strict=False)
         state.secrets = tuple(secret for endpoint in endpoints for secret in endpoint.secrets)
-        common = dict(play=state.name, playbook=self._playbook, pattern=_pattern(play.hosts), limit=cli.get('subset') or None,
-                      tags=cli.get('tags'), skip_tags=cli.get('skip_tags'), check_mode=state.check_mode, run_id=self._run_id,
-                      controller_user=self._user, controller_host=self._controller, ansible_version=ansible_version,
-                      ci_labels=(ci or {}).get('labels'), revision=revision, module=self._adhoc_module)
+        order = dict((host.name, index) for index, host in enumerate(hosts))
         for endpoint, parts in endpoints.items():
             if endpoint not in self._replayed:
                 self._replayed.add(endpoint)
                 self._get_sender().replay(endpoint)
-            if replay_only:
+            if state.replay_only:
                 continue
             for warning in url_warnings(endpoint, self._client_options['validate_certs']):
                 self._warn_once(warning)
-            state.changes.extend(self._maker.changes(state.name, state.index, endpoint, parts, order, common, (ci or {}).get('link'), now))
+            state.changes.extend(self._maker.changes(state.name, state.index, endpoint, parts, order, labelled, ci.get('link'), now))
         if state.changes:
             self._outcomes = state.outcomes
-
-    def _start_changes(self, state, batch, now):
-        """The first task of a batch starts: the changes of its hosts start (a play where no task runs is no change).
-
-        In per-play mode a change starts when the play did; in per-host mode when the host's batch starts its first task.
-        """
-        for change in state.changes:
-            if change.key in self._explicit:
-                continue  # an earlier play's task reported this change: what the playbook said stands
-            if change.started or (change.host is not None and change.host not in batch):
-                continue
-            change.started = True
-            if change.host is not None:
-                change.start_time = now
-            if state.check_mode or state.replay_only:
-                continue  # check mode: one Planned event when the play ends; replay only: no event at all
-            event = self._event(change, self._status_map['started'],
-                                _play.start_description(self._subject(state), change.hosts, state.context, what=self._what()),
-                                self._labels(change.labels, change.user_labels, final=False), change.start_time)
-            if event is None:
-                continue
-            if self._changed_only:
-                change.held = event  # sent with the end event, if the play changes something
-            else:
-                self._get_sender().submit(change.endpoint, event)
-
-    def _what(self):
-        return 'ad-hoc run of' if self._adhoc_module else 'play'
-
-    def _subject(self, state):
-        """What descriptions name: the play, or the module of an ad-hoc run."""
-        return self._adhoc_module or state.name
 
     # ---------------------------------------------------------------- task results (keep these tiny)
     #
@@ -615,7 +530,7 @@ class CallbackModule(CallbackBase):
             else:
                 outcomes.append((name, _FAILED, task._uuid, self._clock()))
                 state.failed.add(name)
-                self._note_failure(state, name, _outcome.FAILURE, result, task)
+                state.note_failure(name, _outcome.FAILURE, task, _result_dict(result))
         except Exception as exc:
             self._internal_error('v2_runner_on_failed', exc)
 
@@ -631,36 +546,16 @@ class CallbackModule(CallbackBase):
             else:
                 outcomes.append((name, _UNREACHABLE, task._uuid, self._clock()))
                 self._play.unreachable.add(name)
-                self._note_failure(self._play, name, _outcome.UNREACHABLE_HOST, result, task)
+                self._play.note_failure(name, _outcome.UNREACHABLE_HOST, task, _result_dict(result))
         except Exception as exc:
             self._internal_error('v2_runner_on_unreachable', exc)
-
-    def _note_failure(self, state, host, kind, result, task):
-        """Keep the failing task and the first line of its message (never for no_log, keys masked)."""
-        name = self._task_label(task)
-        data = getattr(result, 'result', None) if _PUBLIC else getattr(result, '_result', None)
-        reason = _story.reason_of(data, bool(getattr(task, 'no_log', False)), state.secrets, redact)
-        if reason is None and isinstance(data, dict) and (getattr(task, 'no_log', False) or 'censored' in data):
-            reason = _story.HIDDEN_REASON
-        # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
-        stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
-        state.log.add_failure(host, kind, name, reason, stops)
-
-    @staticmethod
-    def _task_label(task):
-        try:
-            name = task.get_name()
-        except Exception:  # a task whose name cannot be rendered is still a task
-            name = getattr(task, 'action', None)
-        return ('%s' % (name or 'unnamed task',)).strip()
 
     def _fold_outcomes(self):
         """Fold the outcomes gathered since the last call into the play's log."""
         state = self._play
-        if state is None or not state.outcomes:
-            return
-        state.log.add(state.outcomes)
-        del state.outcomes[:]
+        if state is not None and state.outcomes:
+            state.log.add(state.outcomes)
+            del state.outcomes[:]
 
     # No warning from here: it would come between the task's header and its results.
     @_guarded
@@ -675,15 +570,12 @@ class CallbackModule(CallbackBase):
         self._fold_outcomes()
         state = self._play
         if state is not None and state.changes:
-            state.log.name_task(getattr(task, '_uuid', None), self._task_label(task))
-        if state is not None and state.changes and _runs_something(task):
-            batch = state.log.first_task(time.time())
+            state.log.name_task(getattr(task, '_uuid', None), task_label(task))
+            batch = state.log.first_task(time.time()) if runs_something(task) else None
             if batch is not None:
-                self._start_changes(state, batch, state.log.batch_started[-1])
-        self._watch_explicit(task)
-
-    def _watch_explicit(self, task):
-        """While a change_event task runs, read the events it sends; other tasks' results pay nothing for this."""
+                for endpoint, event in self._maker.start_events(state, batch, state.log.batch_started[-1]):
+                    self._get_sender().submit(endpoint, event)
+        # While a change_event task runs, read the events it sends; other tasks' results pay nothing for this.
         if (getattr(task, 'resolved_action', None) or getattr(task, 'action', None)) in _EXPLICIT_ACTIONS:
             self.v2_runner_on_ok = self._explicit_ok  # an instance attribute: Ansible looks the method up per call
         elif 'v2_runner_on_ok' in self.__dict__:
@@ -697,7 +589,7 @@ class CallbackModule(CallbackBase):
                 event = item.get('event') if isinstance(item, dict) else None
                 # status_code: Flashduty (or the receiver) answered; check mode and skipped tasks sent nothing.
                 if isinstance(event, dict) and event.get('change_key') and item.get('status_code') is not None:
-                    self._explicit['%s' % event['change_key']] = event.get('change_status')
+                    self._maker.explicit['%s' % event['change_key']] = event.get('change_status')
         except Exception as exc:
             self._internal_error('reading a change_event result', exc)
 
@@ -705,19 +597,17 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_stats(self, stats):
-        if not self._config_ok or self._finished:
+        if not self._config_ok or self._end.finished:
             return
         # Ansible sends this after each playbook of the command line: a signal during its flush shortens the wait,
         # and a Ctrl-C then still stops the run if more playbooks follow.
-        self._ending = True
+        self._end.ending = True
         try:
             self._close_play()
             self._flush()
         finally:
-            self._ending = self._finished
-        if self._stop_after_flush and self._playbooks_started < len(context.CLIARGS.get('args') or ()):
-            self._stop_after_flush = False
-            raise KeyboardInterrupt()
+            self._end.ending = self._end.finished
+        self._end.stop_if_asked(more_playbooks=self._playbooks_started < len(context.CLIARGS.get('args') or ()))
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
@@ -726,52 +616,11 @@ class CallbackModule(CallbackBase):
         self._outcomes = None
         if state is None or not state.changes:
             return
-        now = time.time()
-        failed, unreachable = _final_failures(state)
+        failed, unreachable = state.final_failures()
         if not interrupted:
-            self._dead_hosts.update(failed)
-            self._dead_hosts.update(unreachable)
-        log = state.log
-        not_run, stopped, aborted = log.verdict(state.targets, failed, unreachable,
-                                                _max_fail_percentage(state.batches[0]) if not interrupted else None)
-        if interrupted:
-            not_run, stopped, aborted = set(), set(), False
-        context_line = _play.context_line(**state.context)
-        for change in state.changes:
-            if not change.started:
-                continue  # no task of its hosts ran
-            if change.key in self._explicit:
-                # A change_event task (or the role) reported this change: its status is the one Flashduty keeps.
-                self._display.vvv('%schange %s ends as the playbook reported it (%s): no end event of its own'
-                                  % (WARNING_PREFIX, change.key, self._explicit[change.key]))
-                continue
-            summary = log.summary(change.hosts, failed, unreachable, not_run, stopped, aborted)
-            if state.check_mode:
-                if interrupted or (self._changed_only and not summary['changed']):
-                    continue
-                status = self._status_map['planned']
-            elif self._changed_only and not summary['changed']:
-                continue
-            elif interrupted:
-                status = self._status_map['interrupted']
-                summary['outcome'] = _outcome.OUTCOME_INTERRUPTED
-            elif summary['outcome'] == _outcome.OUTCOME_SUCCEEDED:
-                status = self._status_map['succeeded']
-            else:
-                status = self._status_map['failed']
-            description = _outcome.end_description(self._subject(state), change.hosts, summary, context_line, interrupted=interrupted,
-                                                   check_mode=state.check_mode, task_names=self._task_names, what=self._what())
-            labels = sorted(change.labels + _outcome.outcome_labels(summary), key=_rank)
-            # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).
-            end = now if change.host is None or interrupted else log.last_result.get(change.host, now)
-            event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
-                                max(end, change.start_time))
-            if event is None:
-                continue
-            if change.held is not None:
-                self._sender.submit(change.endpoint, change.held)
-                change.held = None
-            self._sender.submit(change.endpoint, event)
+            self._dead_hosts.update(failed | unreachable)
+        for endpoint, event in self._maker.end_events(state, failed, unreachable, interrupted, time.time()):
+            self._sender.submit(endpoint, event)
 
     def _flush(self):
         if self._sender is None:
@@ -791,10 +640,6 @@ class CallbackModule(CallbackBase):
 
     def _finish(self, reason):
         """Close what is open as interrupted, deliver within the flush timeout, stop the threads."""
-        if self._finished:
-            return
-        self._finished = True
-        self._ending = True
         try:
             if self._config_ok:
                 self._close_play(interrupted=reason)
@@ -803,111 +648,9 @@ class CallbackModule(CallbackBase):
             if self._sender is not None:  # the threads stop even after an internal error above
                 self._sender.close()
 
-    def _at_exit(self):
-        if os.getpid() != self._pid:
-            return
-        try:
-            self._finish(self._interrupted_by or 'the run stopped before the play ended')
-        except KeyboardInterrupt:
-            pass
-        except Exception as exc:
-            self._internal_error('the end of the run', exc)
-
-    # ---------------------------------------------------------------- signals
-
-    def _install_handlers(self):
-        """atexit (Ctrl-C and fatal errors end there) and SIGTERM (which skips atexit); once, from the main thread."""
-        if self._handlers_installed:
-            return
-        self._handlers_installed = True
-        self._pid = os.getpid()
-        atexit.register(self._at_exit)
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                previous = signal.getsignal(signum)
-                if signum == signal.SIGINT and not callable(previous):
-                    continue  # SIGINT ignored (a background job) or not handled in Python: leave it alone
-                signal.signal(signum, self._on_signal)
-                self._previous_handlers[signum] = previous
-            except (ValueError, OSError, TypeError):
-                continue
-
-    def _on_signal(self, signum, frame):
-        if self._ending and os.getpid() == self._pid:
-            return self._cut_the_end(signum)
-        if signum == signal.SIGINT:
-            # Ctrl-C: remember why, and let Ansible handle it as before; atexit sends the Canceled events.
-            self._interrupted_by = 'SIGINT'
-            previous = self._previous_handlers.get(signum)
-            if os.getpid() == self._pid and callable(previous):
-                try:
-                    return previous(signum, frame)
-                finally:
-                    self._stay_in_front(signum)
-            return self._redeliver(signum)
-        if os.getpid() != self._pid:
-            return self._redeliver(signum)  # a forked worker inherited the handler
-        if self._busy:
-            self._deferred_signal = signum  # handled when the callback method running now returns
-            return None
-        return self._terminate(signum, frame)
-
-    def _stay_in_front(self, signum):
-        """Handle ``signum`` again after a handler that put another in place (ansible-core's resets Ctrl-C to the
-        default action), keeping that one as the previous handler: a second Ctrl-C during the end of the run
-        must reach _cut_the_end(); before it, it does what it would have done without us."""
-        if not self._handlers_installed:
-            return
-        try:
-            current = signal.getsignal(signum)
-            if current != self._on_signal:  # pylint: disable=comparison-with-callable
-                self._previous_handlers[signum] = current
-                signal.signal(signum, self._on_signal)
-        except (ValueError, OSError, TypeError):
-            pass
-
-    def _cut_the_end(self, signum):
-        """A signal during the end of the run (a second Ctrl-C, SIGTERM...): stop waiting for delivery, lose nothing.
-
-        What is not delivered is in the spool already (the flush wrote it ahead), and the flush spools what
-        is left as soon as it sees the cut. No exception is raised here, so that the end of the run is not
-        broken off halfway and the playbook's exit code stays its own; a SIGTERM that came inside a callback
-        method still ends the process once that method returns. Only flags are set: this may run while the
-        main thread holds the sender's lock.
-        """
-        self._interrupted_by = self._interrupted_by or signal.Signals(signum).name
+    def _cut(self):
         if self._sender is not None:
             self._sender.cut()
-        if signum != signal.SIGINT and self._busy and not self._finished:
-            self._deferred_signal = signum
-        elif signum == signal.SIGINT and not self._finished:
-            self._stop_after_flush = True
-        return None
-
-    def _terminate(self, signum, frame):
-        try:
-            self._interrupted_by = signal.Signals(signum).name
-            self._finish(self._interrupted_by)
-        except Exception as exc:
-            try:
-                self._internal_error('the %s handler' % self._interrupted_by, exc)
-            except Exception:  # output may be unusable inside a signal handler (a reentrant write)
-                pass
-        finally:
-            self._redeliver(signum)
-
-    def _redeliver(self, signum):
-        """Put the previous handler back and deliver the signal again, as if we had never been there."""
-        previous = self._previous_handlers.get(signum, signal.SIG_DFL)
-        try:
-            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        except (ValueError, OSError, TypeError):
-            signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-
-    # ---------------------------------------------------------------- events
 
     def _get_sender(self):
         if self._sender is None:
@@ -926,67 +669,6 @@ class CallbackModule(CallbackBase):
             self._sender = EventSender(client_options=self._client_options, max_rate=self._max_rate, spool=spool)
         return self._sender
 
-    def _labels(self, automatic, user, final):
-        """The labels of one event, capped; the labels left out are named once, for final events."""
-        labels, dropped = _play.cap_labels(automatic, user)
-        if dropped and final:
-            self._warn_once('%d labels are more than the %d Flashduty accepts: the labels from flashduty_labels and label_vars '
-                            'were kept and these were left out: %s' % (len(labels) + len(dropped), _play.MAX_LABELS, ', '.join(dropped)),
-                            key=('dropped', tuple(dropped)))
-        return labels
-
-    def _event(self, change, status, description, labels, event_time):
-        try:
-            event, warnings = build_event(status, change.key, change.title, description, change.link, labels, event_time,
-                                          secrets=change.endpoint.secrets, masked=change.masked)
-        except FlashdutyError as exc:
-            if exc.field != 'link' or not change.link:
-                shown = change.endpoint.redact(truncate(change.key, 80))  # the key itself may be the problem
-                self._warn_once('%s; change %s is not reported' % (exc.message, shown), key=('event', exc.message))
-                return None
-            self._warn_once('%s (from flashduty_change_link); the change is reported without a link' % exc.message,
-                            key=('link', exc.message))
-            change.link = None
-            return self._event(change, status, description, labels, event_time)
-        for warning in warnings:
-            self._warn_once(warning)
-        return event
-
-
-def _runs_something(task):
-    """Whether a task starting makes the play a change: not a meta task, nor the implicit fact gathering alone."""
-    action = getattr(task, 'action', None)
-    if action in _META_ACTIONS:
-        return False
-    return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
-
-
-def _batch_hosts(play, targets):
-    """The hosts of the serial batch a play start announces: the inventory is restricted to them while it runs."""
-    try:
-        inventory = play.get_variable_manager()._inventory
-        return [host.name for host in inventory.get_hosts(play.hosts, order=getattr(play, 'order', None))]
-    except Exception:  # no inventory to ask (a test double): the batch is every target
-        return list(targets)
-
-
-def _max_fail_percentage(play):
-    value = getattr(play, 'max_fail_percentage', None)
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _pattern(hosts):
-    if isinstance(hosts, (list, tuple)):
-        return ','.join('%s' % (item,) for item in hosts)
-    return '%s' % (hosts,) if hosts is not None else None
-
-
-def _rank(pair):
-    return _play._LABEL_RANK.get(pair[0], len(_play._LABEL_RANK))
-
 
 def _spool_report(report, spool):
     """What a flush_spool run did, in one line: delivered from the spool, and what is still in it."""
@@ -997,18 +679,3 @@ def _spool_report(report, spool):
     except Exception as exc:  # the count is informative only; the flush already happened
         left = 'what is left in %s is unknown (%s)' % (spool.path, exc)
     return '%s%d spooled events delivered, %s' % (WARNING_PREFIX, report.replayed, left)
-
-
-def _final_failures(state):
-    """Hosts that failed (errors not ignored, not rescued) and hosts unreachable in the play.
-
-    A failure later rescued by a block is taken back from the play's removed hosts by
-    the strategy; when that list is available it settles which failures stood.
-    """
-    removed = set()
-    for play in state.batches:
-        hosts = getattr(play, '_removed_hosts', None)
-        if not isinstance(hosts, list):
-            return set(state.failed), set(state.unreachable)
-        removed.update(hosts)
-    return set(host for host in state.failed if host in removed), set(state.unreachable)

@@ -3,14 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The changes a play makes, for the change_events callback: which hosts report where, under which key and labels.
+"""The changes a play makes, for the change_events callback: which hosts report where, under which key and
+labels, and the events that start and end them.
 
 Private to this collection: not a public API, may change without notice.
 
 The callback reads a play's variables for each set of hosts that resolve alike
 (``_play_vars.PlayReader``); ChangeMaker turns them into the Endpoint those
 hosts report to, then into one Change per endpoint, or one per host in
-per-host mode, each with its key, title, link and labels.
+per-host mode, each with its key, title, link and labels, and makes their events.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -22,13 +23,68 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     ENDPOINT_VARIABLES,
     FlashdutyError,
+    build_event,
     endpoint_settings,
+    redact,
     resolve_endpoint,
+    truncate,
 )
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _story
 
 _ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
+_LABEL_RANK = dict((name, rank) for rank, name in enumerate(_play.AUTOMATIC_LABELS))
 _CHANGE_SETTINGS = ('flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link')
+_FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
+                           'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
+# meta tasks (end_play, flush_handlers...) steer the play and run nothing on its hosts.
+_META_ACTIONS = frozenset(('meta', 'ansible.builtin.meta', 'ansible.legacy.meta'))
+
+
+class PlayState:
+    """What the callback tracks about the current play."""
+
+    __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'log', 'failed', 'unreachable', 'batches',
+                 'context', 'targets', 'secrets', 'replay_only')
+
+    def __init__(self, play, index, check_mode):
+        self.uuid = play._uuid
+        self.index = index
+        self.name = None
+        self.check_mode = check_mode
+        self.changes = []
+        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until folded into log
+        self.log = _outcome.PlayLog()
+        self.failed = set()
+        self.unreachable = set()
+        self.batches = [play]
+        self.context = None
+        self.targets = []
+        self.secrets = ()      # the integration keys of the play's push URLs, masked in what is taken from results
+        self.replay_only = False
+
+    def final_failures(self):
+        """Hosts that failed (errors not ignored, not rescued) and hosts unreachable in the play.
+
+        A failure later rescued by a block is taken back from the play's removed hosts by
+        the strategy; when that list is available it settles which failures stood.
+        """
+        removed = set()
+        for play in self.batches:
+            hosts = getattr(play, '_removed_hosts', None)
+            if not isinstance(hosts, list):
+                return set(self.failed), set(self.unreachable)
+            removed.update(hosts)
+        return set(host for host in self.failed if host in removed), set(self.unreachable)
+
+    def note_failure(self, host, kind, task, data):
+        """Keep the failing task and the first line of its message ``data`` (never for no_log, keys masked)."""
+        no_log = bool(getattr(task, 'no_log', False))
+        reason = _story.reason_of(data, no_log, self.secrets, redact)
+        if reason is None and isinstance(data, dict) and (no_log or 'censored' in data):
+            reason = _story.HIDDEN_REASON
+        # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
+        stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
+        self.log.add_failure(host, kind, task_label(task), reason, stops)
 
 
 class Change:
@@ -59,21 +115,27 @@ class Change:
 
 
 class ChangeMaker:
-    """Makes the changes of each play of a run.
+    """Makes the changes of each play of a run, and their events.
 
-    ``warn(message, key=None)`` shows a warning once per key; ``option_endpoint``
-    holds the callback's push_url, integration_key and api_url options, used when
-    the play's variables name no endpoint; ``run_id`` makes the default change
-    keys; ``module`` is the module of an ad-hoc run, which titles name.
+    ``warn(message, key=None)`` shows a warning once per key, ``note(message)`` a line at -vvv;
+    ``option_endpoint`` holds the callback's push_url, integration_key and api_url options, used when
+    the play's variables name no endpoint; ``run_id`` makes the default change keys; ``module`` is the
+    module of an ad-hoc run, which titles and descriptions name; ``explicit`` maps the change keys a
+    change_event task reported in this run to the last status it sent: the callback sends nothing more under them.
     """
 
-    def __init__(self, warn, option_endpoint, label_vars, per_host, run_id, module=None):
+    def __init__(self, warn, note, option_endpoint, label_vars, per_host, run_id, status_map, changed_only=False, task_names=True):
         self._warn = warn
+        self._note = note
         self._option_endpoint = option_endpoint
         self._label_vars = label_vars
         self._per_host = per_host
         self._run_id = run_id
-        self.module = module
+        self._status_map = status_map
+        self._changed_only = changed_only
+        self._task_names = task_names
+        self.module = None
+        self.explicit = {}
 
     def resolve(self, reader, members, play_name, decrypted):
         """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported.
@@ -171,3 +233,135 @@ class ChangeMaker:
         for problem in problems + more_problems:
             self._warn(problem)
         return labels, masked + more_masked
+
+    def _subject(self, state):
+        """What descriptions name, and what it is: the play, or the module of an ad-hoc run."""
+        return (self.module, 'ad-hoc run of') if self.module else (state.name, 'play')
+
+    def start_events(self, state, batch, now):
+        """``(endpoint, event)`` pairs starting the changes of the hosts in ``batch``, whose first task starts.
+
+        In per-play mode a change starts when the play did; in per-host mode when the host's batch starts its
+        first task. In changed-only mode the start event is held back, to be sent with the end event.
+        """
+        events = []
+        for change in state.changes:
+            if change.key in self.explicit or change.started or (change.host is not None and change.host not in batch):
+                continue  # an earlier play's task reported this change: what the playbook said stands
+            change.started = True
+            if change.host is not None:
+                change.start_time = now
+            if state.check_mode or state.replay_only:
+                continue  # check mode: one Planned event when the play ends; replay only: no event at all
+            subject, what = self._subject(state)
+            event = self._event(change, self._status_map['started'], _play.start_description(subject, change.hosts, state.context, what=what),
+                                self._labels(change.labels, change.user_labels, final=False), change.start_time)
+            if event is not None and self._changed_only:
+                change.held = event
+            elif event is not None:
+                events.append((change.endpoint, event))
+        return events
+
+    def end_events(self, state, failed, unreachable, interrupted, now):
+        """``(endpoint, event)`` pairs ending the play's started changes; ``interrupted`` says why the run stopped first."""
+        not_run, stopped, aborted = set(), set(), False
+        if not interrupted:
+            not_run, stopped, aborted = state.log.verdict(state.targets, failed, unreachable, _max_fail_percentage(state.batches[0]))
+        context_line = _play.context_line(**state.context)
+        subject, what = self._subject(state)
+        events = []
+        for change in state.changes:
+            if not change.started:
+                continue  # no task of its hosts ran
+            if change.key in self.explicit:
+                self._note('change %s ends as the playbook reported it (%s): no end event of its own' % (change.key, self.explicit[change.key]))
+                continue
+            summary = state.log.summary(change.hosts, failed, unreachable, not_run, stopped, aborted)
+            if (self._changed_only and not summary['changed']) or (state.check_mode and interrupted):
+                continue
+            if state.check_mode:
+                status = self._status_map['planned']
+            elif interrupted:
+                status = self._status_map['interrupted']
+                summary['outcome'] = _outcome.OUTCOME_INTERRUPTED
+            else:
+                status = self._status_map['succeeded' if summary['outcome'] == _outcome.OUTCOME_SUCCEEDED else 'failed']
+            description = _outcome.end_description(subject, change.hosts, summary, context_line, interrupted=interrupted,
+                                                   check_mode=state.check_mode, task_names=self._task_names, what=what)
+            labels = sorted(change.labels + _outcome.outcome_labels(summary), key=lambda pair: _LABEL_RANK.get(pair[0], len(_LABEL_RANK)))
+            # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).
+            end = now if change.host is None or interrupted else state.log.last_result.get(change.host, now)
+            event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
+                                max(end, change.start_time))
+            if event is None:
+                continue
+            if change.held is not None:
+                events.append((change.endpoint, change.held))
+                change.held = None
+            events.append((change.endpoint, event))
+        return events
+
+    def _labels(self, automatic, user, final):
+        """The labels of one event, capped; the labels left out are named once, for final events."""
+        labels, dropped = _play.cap_labels(automatic, user)
+        if dropped and final:
+            self._warn('%d labels are more than the %d Flashduty accepts: the labels from flashduty_labels and label_vars '
+                       'were kept and these were left out: %s' % (len(labels) + len(dropped), _play.MAX_LABELS, ', '.join(dropped)),
+                       key=('dropped', tuple(dropped)))
+        return labels
+
+    def _event(self, change, status, description, labels, event_time):
+        try:
+            event, warnings = build_event(status, change.key, change.title, description, change.link, labels, event_time,
+                                          secrets=change.endpoint.secrets, masked=change.masked)
+        except FlashdutyError as exc:
+            if exc.field != 'link' or not change.link:
+                shown = change.endpoint.redact(truncate(change.key, 80))  # the key itself may be the problem
+                self._warn('%s; change %s is not reported' % (exc.message, shown), key=('event', exc.message))
+                return None
+            self._warn('%s (from flashduty_change_link); the change is reported without a link' % exc.message,
+                       key=('link', exc.message))
+            change.link = None
+            return self._event(change, status, description, labels, event_time)
+        for warning in warnings:
+            self._warn(warning)
+        return event
+
+
+def runs_something(task):
+    """Whether a task starting makes the play a change: not a meta task, nor the implicit fact gathering alone."""
+    action = getattr(task, 'action', None)
+    if action in _META_ACTIONS:
+        return False
+    return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
+
+
+def task_label(task):
+    try:
+        name = task.get_name()
+    except Exception:  # a task whose name cannot be rendered is still a task
+        name = getattr(task, 'action', None)
+    return ('%s' % (name or 'unnamed task',)).strip()
+
+
+def batch_hosts(play, targets):
+    """The hosts of the serial batch a play start announces: the inventory is restricted to them while it runs."""
+    try:
+        inventory = play.get_variable_manager()._inventory
+        return [host.name for host in inventory.get_hosts(play.hosts, order=getattr(play, 'order', None))]
+    except Exception:  # no inventory to ask (a test double): the batch is every target
+        return list(targets)
+
+
+def host_pattern(hosts):
+    if isinstance(hosts, (list, tuple)):
+        return ','.join('%s' % (item,) for item in hosts)
+    return '%s' % (hosts,) if hosts is not None else None
+
+
+def _max_fail_percentage(play):
+    value = getattr(play, 'max_fail_percentage', None)
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None

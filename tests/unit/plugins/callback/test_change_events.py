@@ -7,12 +7,11 @@ batches, the cost of a task result.
 # pylint: disable=missing-function-docstring,protected-access,too-few-public-methods
 
 import signal
-import time
 
 import pytest
 
 from ansible_collections.flashcat.flashduty.plugins.callback import change_events
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play_vars
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _play_vars, _run_end
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import FlushReport
 
 URL_A = "https://flashduty.example.com/event/push/change/standard?integration_key=aaaa1111"
@@ -179,7 +178,7 @@ def fake_reader(monkeypatch):
     FakeReader.values = {"web1": {"flashduty_push_url": URL_A}, "stg1": {"flashduty_push_url": URL_A}}
     FakeReader.problems = {}
     FakeReader.calls = 0
-    monkeypatch.setattr(change_events.CallbackModule, "_install_handlers", lambda self: None)
+    monkeypatch.setattr(_run_end.RunEnd, "install", lambda self: None)
 
 
 def make(**options):
@@ -258,8 +257,8 @@ def test_unreachable_everywhere_is_a_failed_outcome_with_mapped_status():
 def test_at_exit_without_stats_cancels_the_open_change_once():
     callback = make()
     open_play(callback, FakePlay())
-    callback._at_exit()
-    callback._at_exit()
+    callback._end.at_exit()
+    callback._end.at_exit()
     assert statuses(callback.fake) == [("1", "Processing"), ("1", "Canceled")]
     assert "the run stopped before the play ended" in callback.fake.events()[-1]["description"]
     assert callback.fake.calls[-2:] == [("flush", 1.0 - change_events.FLUSH_RESERVE), ("close",)]
@@ -270,7 +269,7 @@ def test_at_exit_after_stats_sends_nothing_more():
     open_play(callback, FakePlay())
     callback.v2_playbook_on_stats(None)
     count = len(callback.fake.events())
-    callback._at_exit()
+    callback._end.at_exit()
     assert len(callback.fake.events()) == count == 2
 
 
@@ -402,7 +401,7 @@ def test_disabled_and_bad_status_map():
     callback._read_options()
     assert callback.disabled
     callback = make(status_map="failed=Sideways")
-    assert callback._status_map["failed"] == "Done"
+    assert callback._maker._status_map["failed"] == "Done"
     assert len(callback._display.warnings) == 1 and "Sideways" in callback._display.warnings[0]
 
 
@@ -462,18 +461,18 @@ def test_a_failed_no_log_task_shows_its_name_but_never_its_message():
 def test_sigterm_inside_a_callback_method_waits_for_its_end(monkeypatch):
     callback = make()
     redelivered = []
-    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
+    monkeypatch.setattr(callback._end, "redeliver", redelivered.append)
     open_play(callback, FakePlay())
-    original = callback._start_changes
+    original = callback._maker.start_events
 
     def start_while_signalled(state, *args, **kwargs):
         result = original(state, *args, **kwargs)
         if state.index == 2:
-            callback._on_signal(signal.SIGTERM, None)  # arrives while the callback is busy: deferred
+            callback._end.on_signal(signal.SIGTERM, None)  # arrives while the callback is busy: deferred
             assert redelivered == []
         return result
 
-    monkeypatch.setattr(callback, "_start_changes", start_while_signalled)
+    monkeypatch.setattr(callback._maker, "start_events", start_while_signalled)
     open_play(callback, FakePlay(uuid="play-2"))
     assert redelivered == [signal.SIGTERM]
     assert statuses(callback.fake) == [("1", "Processing"), ("1", "Done"), ("2", "Processing"), ("2", "Canceled")]
@@ -487,10 +486,10 @@ def test_a_forked_worker_only_passes_the_signal_on(monkeypatch):
     callback = make()
     open_play(callback, FakePlay())
     redelivered = []
-    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
-    monkeypatch.setattr(change_events.os, "getpid", lambda: -1)
-    callback._on_signal(signal.SIGTERM, None)
-    callback._at_exit()
+    monkeypatch.setattr(callback._end, "redeliver", redelivered.append)
+    monkeypatch.setattr(_run_end.os, "getpid", lambda: -1)
+    callback._end.on_signal(signal.SIGTERM, None)
+    callback._end.at_exit()
     assert redelivered == [signal.SIGTERM]
     assert statuses(callback.fake) == [("1", "Processing")]
 
@@ -498,23 +497,23 @@ def test_a_forked_worker_only_passes_the_signal_on(monkeypatch):
 def test_sigint_is_noted_and_passed_to_the_previous_handler():
     callback = make()
     seen = []
-    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: seen.append(signum)
-    callback._on_signal(signal.SIGINT, None)
-    assert seen == [signal.SIGINT] and callback._interrupted_by == "SIGINT"
+    callback._end._previous[signal.SIGINT] = lambda signum, frame: seen.append(signum)
+    callback._end.on_signal(signal.SIGINT, None)
+    assert seen == [signal.SIGINT] and callback._end.interrupted_by == "SIGINT"
 
 
 def test_a_signal_during_the_end_of_the_run_cuts_the_wait_and_raises_nothing(monkeypatch):
     callback = make()
     redelivered = []
-    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
-    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: pytest.fail("Ctrl-C at the end must not stop the end")
+    monkeypatch.setattr(callback._end, "redeliver", redelivered.append)
+    callback._end._previous[signal.SIGINT] = lambda signum, frame: pytest.fail("Ctrl-C at the end must not stop the end")
     open_play(callback, FakePlay())
     flush = callback.fake.flush
 
     def flush_while_signalled(timeout, write_ahead=False):
         if not redelivered and ("cut",) not in callback.fake.calls:
-            callback._on_signal(signal.SIGINT, None)   # Ctrl-C after PLAY RECAP
-            callback._on_signal(signal.SIGTERM, None)  # and SIGTERM: the process still ends by it, after the flush
+            callback._end.on_signal(signal.SIGINT, None)   # Ctrl-C after PLAY RECAP
+            callback._end.on_signal(signal.SIGTERM, None)  # and SIGTERM: the process still ends by it, after the flush
             assert redelivered == []
         return flush(timeout, write_ahead)
 
@@ -529,11 +528,11 @@ def test_a_signal_during_the_end_of_the_run_cuts_the_wait_and_raises_nothing(mon
 def test_ctrl_c_in_the_next_playbook_of_the_command_line_still_stops_the_run():
     callback = make()
     seen = []
-    callback._previous_handlers[signal.SIGINT] = lambda signum, frame: seen.append(signum)
+    callback._end._previous[signal.SIGINT] = lambda signum, frame: seen.append(signum)
     open_play(callback, FakePlay())
     callback.v2_playbook_on_stats(None)  # the first playbook's end: Ansible goes on with the next one
     callback.v2_playbook_on_play_start(FakePlay(uuid="play-2"))
-    callback._on_signal(signal.SIGINT, None)
+    callback._end.on_signal(signal.SIGINT, None)
     assert seen == [signal.SIGINT] and ("cut",) not in callback.fake.calls
 
 
@@ -546,7 +545,7 @@ def test_ctrl_c_after_a_recap_stops_the_run_only_if_more_playbooks_follow(monkey
     flush = callback.fake.flush
 
     def flush_while_signalled(timeout, write_ahead=False):
-        callback._on_signal(signal.SIGINT, None)
+        callback._end.on_signal(signal.SIGINT, None)
         return flush(timeout, write_ahead)
 
     monkeypatch.setattr(callback.fake, "flush", flush_while_signalled)
@@ -561,18 +560,18 @@ def test_ctrl_c_after_a_recap_stops_the_run_only_if_more_playbooks_follow(monkey
 def test_a_second_signal_after_the_first_ctrl_c_only_cuts(monkeypatch):
     callback = make()
     redelivered = []
-    monkeypatch.setattr(callback, "_redeliver", redelivered.append)
+    monkeypatch.setattr(callback._end, "redeliver", redelivered.append)
     open_play(callback, FakePlay())
     flush = callback.fake.flush
 
     def flush_while_signalled(timeout, write_ahead=False):
-        callback._on_signal(signal.SIGINT, None)
-        callback._on_signal(signal.SIGTERM, None)
+        callback._end.on_signal(signal.SIGINT, None)
+        callback._end.on_signal(signal.SIGTERM, None)
         return flush(timeout, write_ahead)
 
     monkeypatch.setattr(callback.fake, "flush", flush_while_signalled)
-    callback._interrupted_by = "SIGINT"
-    callback._at_exit()  # the first Ctrl-C ended the run: the Canceled event, then the bounded wait
+    callback._end.interrupted_by = "SIGINT"
+    callback._end.at_exit()  # the first Ctrl-C ended the run: the Canceled event, then the bounded wait
     assert statuses(callback.fake) == [("1", "Processing"), ("1", "Canceled")]
     assert callback.fake.calls[-4:] == [("cut",), ("cut",), ("flush", 1.0 - change_events.FLUSH_RESERVE), ("close",)]
     assert redelivered == []  # the process is exiting already, with Ansible's code
@@ -580,45 +579,27 @@ def test_a_second_signal_after_the_first_ctrl_c_only_cuts(monkeypatch):
 
 def test_core_resetting_ctrl_c_to_its_default_does_not_unhook_us(monkeypatch):
     callback = make()
-    callback._handlers_installed = True
     installed = []
-    monkeypatch.setattr(change_events.signal, "getsignal", lambda signum: signal.SIG_DFL)
-    monkeypatch.setattr(change_events.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
+    monkeypatch.setattr(_run_end.signal, "getsignal", lambda signum: signal.SIG_DFL)
+    monkeypatch.setattr(_run_end.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
 
     def core_handler(signum, frame):  # ansible-core 2.19+: back to the default action, then KeyboardInterrupt
         raise KeyboardInterrupt()
 
-    callback._previous_handlers[signal.SIGINT] = core_handler
+    callback._end._previous[signal.SIGINT] = core_handler
     with pytest.raises(KeyboardInterrupt):
-        callback._on_signal(signal.SIGINT, None)
-    assert installed == [(signal.SIGINT, callback._on_signal)]
-    assert callback._previous_handlers[signal.SIGINT] == signal.SIG_DFL  # a second Ctrl-C mid-play kills, as without us
+        callback._end.on_signal(signal.SIGINT, None)
+    assert installed == [(signal.SIGINT, callback._end.on_signal)]
+    assert callback._end._previous[signal.SIGINT] == signal.SIG_DFL  # a second Ctrl-C mid-play kills, as without us
 
 
 def test_redeliver_restores_the_previous_handler(monkeypatch):
     callback = make()
     installed = []
     killed = []
-    monkeypatch.setattr(change_events.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
-    monkeypatch.setattr(change_events.os, "kill", lambda pid, signum: killed.append(signum))
+    monkeypatch.setattr(_run_end.signal, "signal", lambda signum, handler: installed.append((signum, handler)))
+    monkeypatch.setattr(_run_end.os, "kill", lambda pid, signum: killed.append(signum))
     previous = object()
-    callback._previous_handlers[signal.SIGTERM] = previous
-    callback._redeliver(signal.SIGTERM)
+    callback._end._previous[signal.SIGTERM] = previous
+    callback._end.redeliver(signal.SIGTERM)
     assert installed == [(signal.SIGTERM, previous)] and killed == [signal.SIGTERM]
-
-
-# ---------------------------------------------------------------- cost
-
-
-def test_a_task_result_costs_microseconds():
-    callback = make()
-    open_play(callback, FakePlay())
-    results = [Result(host, changed=bool(index % 2)) for index, host in enumerate(FakeReader.hosts * 100)]
-    started = time.perf_counter()
-    for _round in range(100):
-        for result in results:
-            callback.v2_runner_on_ok(result)
-        callback.v2_playbook_on_task_start(TASK, False)  # folds the task's results in
-    per_result = (time.perf_counter() - started) / (100 * len(results))
-    print("per task result, with its share of the fold at the next task: %.2f us" % (per_result * 1e6))
-    assert per_result < 50e-6, per_result  # a host-task costs Ansible itself about 60 ms

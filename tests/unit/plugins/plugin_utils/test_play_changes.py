@@ -2,6 +2,7 @@
 # pylint: disable=missing-function-docstring
 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes import ChangeMaker
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import DEFAULT_STATUS_MAP
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_vars import VariableProblem
 
 KEY = "aaaa1111" * 2  # a made-up key
@@ -37,7 +38,7 @@ class Reader:
 def maker(warnings, per_host=False, label_vars=(), option_endpoint=None):
     def warn(message, key=None):
         warnings.append(message)
-    return ChangeMaker(warn, option_endpoint or {}, list(label_vars), per_host, "run-1")
+    return ChangeMaker(warn, warnings.append, option_endpoint or {}, list(label_vars), per_host, "run-1", dict(DEFAULT_STATUS_MAP))
 
 
 def test_a_set_of_hosts_resolves_its_endpoint_and_one_change_covers_the_play():
