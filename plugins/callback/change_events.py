@@ -259,16 +259,6 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes i
     task_label,
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._run_end import RunEnd
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import (
-    RESULT_CHANGED as _OK_CHANGED,
-    RESULT_FAILED as _FAILED,
-    RESULT_IGNORED as _IGNORED,
-    RESULT_IGNORED_CHANGED as _IGNORED_CHANGED,
-    RESULT_OK as _OK,
-    RESULT_RESCUED as _RESCUED,
-    RESULT_SKIPPED as _SKIPPED,
-    RESULT_UNREACHABLE as _UNREACHABLE,
-)
 
 # The host, task and data of a task result: public ``host``, ``task`` and ``result`` on ansible-core 2.19+,
 # where the underscored names are deprecated.
@@ -498,9 +488,9 @@ class CallbackModule(CallbackBase):
         if outcomes is not None:
             try:
                 if result.is_changed():  # only a change needs its task, to be listed
-                    outcomes.append((_host_name(result), _OK_CHANGED, _task_id(result), self._clock()))
+                    outcomes.append((_host_name(result), _outcome.RESULT_CHANGED, _task_id(result), self._clock()))
                 else:
-                    outcomes.append((_host_name(result), _OK, None, self._clock()))
+                    outcomes.append((_host_name(result), _outcome.RESULT_OK, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_ok', exc)
 
@@ -508,7 +498,7 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _SKIPPED, None, self._clock()))
+                outcomes.append((_host_name(result), _outcome.RESULT_SKIPPED, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_skipped', exc)
 
@@ -520,15 +510,15 @@ class CallbackModule(CallbackBase):
             name = _host_name(result)
             task = _task_of(result)
             if ignore_errors:
-                outcomes.append((name, _IGNORED_CHANGED if result.is_changed() else _IGNORED, task._uuid, self._clock()))
+                outcomes.append((name, _outcome.RESULT_IGNORED_CHANGED if result.is_changed() else _outcome.RESULT_IGNORED, task._uuid, self._clock()))
                 return
             state = self._play
             # The strategy has already taken a failure a block rescues out of the play's removed hosts.
             removed = getattr(state.batches[-1], '_removed_hosts', None)
             if isinstance(removed, list) and name not in removed:
-                outcomes.append((name, _RESCUED, task._uuid, self._clock()))
+                outcomes.append((name, _outcome.RESULT_RESCUED, task._uuid, self._clock()))
             else:
-                outcomes.append((name, _FAILED, task._uuid, self._clock()))
+                outcomes.append((name, _outcome.RESULT_FAILED, task._uuid, self._clock()))
                 state.failed.add(name)
                 state.note_failure(name, _outcome.FAILURE, task, _result_dict(result))
         except Exception as exc:
@@ -542,9 +532,9 @@ class CallbackModule(CallbackBase):
             name = _host_name(result)
             task = _task_of(result)
             if getattr(task, 'ignore_unreachable', False):
-                outcomes.append((name, _IGNORED, task._uuid, self._clock()))
+                outcomes.append((name, _outcome.RESULT_IGNORED, task._uuid, self._clock()))
             else:
-                outcomes.append((name, _UNREACHABLE, task._uuid, self._clock()))
+                outcomes.append((name, _outcome.RESULT_UNREACHABLE, task._uuid, self._clock()))
                 self._play.unreachable.add(name)
                 self._play.note_failure(name, _outcome.UNREACHABLE_HOST, task, _result_dict(result))
         except Exception as exc:
