@@ -180,31 +180,23 @@ class ChangeMaker:
 
         ``common`` holds automatic_labels()' keyword arguments shared by every change of the play.
         """
-        hosts = sorted((host for members, dummy in parts for host in members), key=lambda host: order[host.name])
-        if not self._per_host:
-            names = [host.name for host in hosts]
-            user_labels, settings, masked = self._settings(parts, endpoint)
-            groups = _play.visible_groups(group.name for host in hosts for group in host.get_groups())
-            key = settings.get('flashduty_change_key') or _play.default_change_key(self._run_id, play_index)
-            title = settings.get('flashduty_change_title') or _play.change_title(play_name, names, module=self.module)
-            labels = _play.automatic_labels(names, groups, **common)
-            link = settings.get('flashduty_change_link') or ci_link
-            return [Change(endpoint, key, title, link, names, labels, user_labels, now, masked=masked)]
-        # Per-host mode: each host has the labels and settings of its own set of hosts, not those of the others.
+        if self._per_host:  # each host has the labels and settings of its own set of hosts, not those of the others
+            units = [([host], self._settings([part], endpoint)) for part in parts for host in part[0]]
+        else:
+            units = [(sorted((host for members, dummy in parts for host in members), key=lambda host: order[host.name]),
+                      self._settings(parts, endpoint))]
         changes = []
-        for members, values in parts:
-            user_labels, settings, masked = self._settings([(members, values)], endpoint)
-            user_key = settings.get('flashduty_change_key')
-            link = settings.get('flashduty_change_link') or ci_link
-            for host in members:
-                groups = _play.visible_groups(group.name for group in host.get_groups())
-                key = _play.host_change_key(user_key, host.name) if user_key else _play.default_change_key(self._run_id, play_index, host.name)
-                title = settings.get('flashduty_change_title') or _play.change_title(play_name, [host.name], host=host.name,
-                                                                                     module=self.module)
-                labels = _play.automatic_labels([host.name], groups, host=host.name, **common)
-                changes.append(Change(endpoint, key, title, link, [host.name], labels, dict(user_labels), now, host=host.name,
-                                      masked=masked))
-        changes.sort(key=lambda change: order[change.host])
+        for hosts, (user_labels, settings, masked) in units:
+            names = [host.name for host in hosts]
+            host = names[0] if self._per_host else None
+            groups = _play.visible_groups(group.name for member in hosts for group in member.get_groups())
+            key = settings.get('flashduty_change_key')
+            key = _play.host_change_key(key, host) if key and host else key or _play.default_change_key(self._run_id, play_index, host)
+            title = settings.get('flashduty_change_title') or _play.change_title(play_name, names, host=host, module=self.module)
+            labels = _play.automatic_labels(names, groups, host=host, **common)
+            changes.append(Change(endpoint, key, title, settings.get('flashduty_change_link') or ci_link, names, labels,
+                                  dict(user_labels), now, host=host, masked=masked))
+        changes.sort(key=lambda change: order[change.hosts[0]])
         return changes
 
     def _settings(self, parts, endpoint):
