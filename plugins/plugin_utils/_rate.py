@@ -30,13 +30,9 @@ class RateLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._tat = 0.0  # theoretical arrival time of the next request
-        if max_rate and float(max_rate) > 0:
-            self.interval = 1.0 / float(max_rate)
-            burst = max(1, min(MAX_BURST, int(float(max_rate) / 10)))
-            self._tolerance = self.interval * (burst - 1)
-        else:
-            self.interval = None
-            self._tolerance = 0.0
+        self.interval = 1.0 / float(max_rate) if max_rate and float(max_rate) > 0 else None
+        burst = max(1, min(MAX_BURST, int(float(max_rate) / 10))) if self.interval else 1
+        self._tolerance = (burst - 1) * (self.interval or 0.0)
 
     @property
     def limited(self):
@@ -47,7 +43,7 @@ class RateLimiter:
 
         None means the slot comes after ``deadline`` (a clock value): nothing was reserved.
         """
-        if self.interval is None:
+        if not self.limited:
             return 0.0
         with self._lock:
             now = self._clock()
@@ -58,7 +54,3 @@ class RateLimiter:
             self._tat = slot + self.interval
         return max(0.0, start - now)
 
-    def reset(self):
-        """Forget past reservations (in a forked child, whose parent keeps its own)."""
-        self._lock = threading.Lock()
-        self._tat = 0.0

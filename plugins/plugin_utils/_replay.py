@@ -19,6 +19,7 @@ import collections
 import time
 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import EndpointHealth
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering import Item
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
 
@@ -26,8 +27,7 @@ class Batch:
     """A spool file claimed for replay, open until each of its events is settled."""
 
     def __init__(self, spool_batch, endpoint):
-        self.spool_batch = spool_batch
-        self.endpoint = endpoint     # an EndpointHealth
+        self.spool_batch, self.endpoint = spool_batch, endpoint     # endpoint: an EndpointHealth
         self.unsettled = len(spool_batch.records)
         self.closed = False
 
@@ -35,20 +35,13 @@ class Batch:
 class ReplayDispatcher:
     """Loads spooled events for replay and keeps their claims alive while they are being sent.
 
-    ``spool``: the Spool. ``changed``: the sender's Condition. ``route(endpoint, event, batch, record)``
-    queues one replayed event, and ``route_item(item)`` one submitted event held back behind a replay (lock
-    held for both). ``forget(batch)`` drops a batch another run took over from the queues (lock held).
-    ``note(message)`` keeps a warning. ``alive()`` is false once the sender is closed (lock held).
+    ``spool``: the Spool. ``changed``: the sender's Condition. ``route(item)`` queues an Item, replayed or
+    submitted behind a replay; ``forget(batch)`` drops a batch another run took over from the queues;
+    ``alive()`` is false once the sender is closed (lock held for the three). ``note(message)`` keeps a warning.
     """
 
-    def __init__(self, spool, changed, route, route_item, forget, note, alive):
-        self.spool = spool
-        self._changed = changed
-        self._route = route
-        self._route_item = route_item
-        self._forget = forget
-        self._note = note
-        self._alive = alive
+    def __init__(self, spool, changed, route, forget, note, alive):
+        self.spool, self._changed, self._route, self._forget, self._note, self._alive = spool, changed, route, forget, note, alive
         self.thread = None
         self._inbox = collections.deque()   # EndpointHealth to load, and items submitted behind them
         self._dispatching = False
@@ -82,28 +75,24 @@ class ReplayDispatcher:
         if batch is None or batch.closed:
             return None
         batch.unsettled -= 1
-        if batch.unsettled > 0:
+        if batch.unsettled:
             return None
         batch.closed = True
         self._releasing += 1
         return batch
 
-    def stranded(self):
-        """Submitted items held back behind a replay, in order."""
-        return [entry for entry in self._inbox if not isinstance(entry, EndpointHealth)]
-
-    def take_stranded(self):
-        """The items of stranded(), taken out; the endpoints to load stay."""
-        stranded = self.stranded()
-        self._inbox = collections.deque(entry for entry in self._inbox if isinstance(entry, EndpointHealth))
+    def stranded(self, take=False):
+        """Submitted items held back behind a replay, in order; ``take``: taken out (the endpoints to load stay)."""
+        stranded = [entry for entry in self._inbox if isinstance(entry, Item)]
+        if take:
+            self._inbox = collections.deque(entry for entry in self._inbox if isinstance(entry, EndpointHealth))
         return stranded
 
     def take_open_batches(self):
         """Every batch still open, closed now: the caller gives their remaining events back to the spool."""
-        batches = [batch for batch in self._batches if not batch.closed]
+        batches, self._batches = self._open(), []
         for batch in batches:
             batch.closed = True
-        self._batches = []
         return batches
 
     # ---- no lock held ---------------------------------------------------------
@@ -144,22 +133,23 @@ class ReplayDispatcher:
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 self._note('Flashduty spool not replayed (internal error): %s' % (exc,))
             with self._changed:
-                if entry is not None and not isinstance(entry, EndpointHealth):
-                    self._route_item(entry)
-                while self._inbox and not isinstance(self._inbox[0], EndpointHealth):
-                    self._route_item(self._inbox.popleft())
+                if isinstance(entry, Item):
+                    self._route(entry)
+                while self._inbox and isinstance(self._inbox[0], Item):
+                    self._route(self._inbox.popleft())
                 self._dispatching = bool(self._inbox)
                 self._changed.notify_all()
 
+    def _open(self):
+        return [batch for batch in self._batches if not batch.closed]
+
     def _renew_interval(self):
         """Seconds between claim renewals while claimed batches are open, else None (lock held)."""
-        if not any(not batch.closed for batch in self._batches):
-            return None
-        return max(1.0, self.spool.lease / 4)
+        return max(1.0, self.spool.lease / 4) if self._open() else None
 
     def _renew_claims(self):
         with self._changed:
-            batches = [batch for batch in self._batches if not batch.closed]
+            batches = self._open()
         for batch in batches:
             if not self.spool.renew(batch.spool_batch):
                 with self._changed:
@@ -182,8 +172,16 @@ class ReplayDispatcher:
                 batch = Batch(spool_batch, endpoint)
                 self._batches.append(batch)
                 for record in spool_batch.records:
-                    self._route(endpoint, record['event'], batch, record)
+                    self._route(Item(endpoint, record['event'], batch, _number(int, record.get('attempts'), 0),
+                                     _number(float, record.get('first_failure'), None), record.get('last_error')))
             self._changed.notify_all()
         for spool_batch in spool_batches:
             if not spool_batch.records:
                 self.spool.finish(spool_batch, endpoint.endpoint)
+
+
+def _number(kind, value, default):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return default

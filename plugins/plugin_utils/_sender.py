@@ -7,21 +7,17 @@
 
 Private to this collection: not a public API, may change without notice.
 
-``EventSender.submit()`` only appends to an in-memory queue; daemon threads,
-started on first use, deliver with the shared FlashdutyClient. Events for one
-``(endpoint, change_key)`` always go to the same thread, so they arrive in the
-order they were submitted. One token bucket (``_rate``) keeps all threads under
-``max_rate`` requests per second (retries included). ``flush(timeout)`` waits
-at most ``timeout`` seconds, interrupting retries, backoff sleeps and even a
-request in progress at the deadline, then writes what is left to the Spool;
-with ``write_ahead`` it first writes everything not yet delivered to the spool,
-so that a process killed during the wait loses nothing.
+``EventSender.submit()`` only appends to an in-memory queue; daemon threads, started on first use, deliver
+with the shared FlashdutyClient. Events for one ``(endpoint, change_key)`` always go to the same thread, so
+they arrive in the order they were submitted (``_ordering``). One token bucket (``_rate``) keeps all threads
+under ``max_rate`` requests per second (retries included). ``flush(timeout)`` waits at most ``timeout``
+seconds, interrupting retries, backoff sleeps and even a request in progress at the deadline, then writes
+what is left to the Spool; with ``write_ahead`` it first writes everything not yet delivered to the spool,
+so that a process killed during the wait loses nothing (``_report``).
 
-An endpoint whose event failed after all retries is down (``_health``): its
-events wait, in order, for a probe. An event that could not be delivered keeps
-every later event of its change behind it, into the spool if it comes to that.
-Spooled events are replayed by ``_replay``; what became of the events is said
-by ``_report``.
+An endpoint whose event failed after all retries is down (``_health``): its events wait, in order, for a
+probe. An event that could not be delivered keeps every later event of its change behind it, into the
+spool if it comes to that. Spooled events are replayed by ``_replay``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -35,9 +31,10 @@ import time
 import weakref
 import zlib
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import redact
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _leftovers
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._courier import AGAIN, DELIVERED, REFUSED, TRANSIENT, Courier
+from ansible_collections.flashcat.flashduty.plugins.module_utils._client import FlashdutyClient
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import DEFAULT_RETRIES, DEFAULT_TIMEOUT, FlashdutyError, redact
+from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, TransportError
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _report
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import DEFAULT_RETRY_PAUSE, PROBE, WAIT, EndpointHealth, sort_held
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering import Item, Worker
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._rate import RateLimiter
@@ -54,6 +51,13 @@ ABORT_GRACE = 0.25
 # How often a waiting flush looks whether cut() was called: a signal handler may not take a lock.
 CUT_POLL = 0.05
 
+# What became of one attempt (the first element of _send()'s answer).
+DELIVERED = 'delivered'   # detail: the Delivery
+REFUSED = 'refused'       # detail: the FlashdutyError; not to be tried again
+TRANSIENT = 'transient'   # detail: the FlashdutyError after every retry; the endpoint is down
+LATE = 'late'             # detail: why there was no time left before the flush deadline
+AGAIN = 'again'           # detail: the last problem, or None; interrupted, to be tried again
+
 _SENDERS = weakref.WeakSet()
 
 
@@ -66,23 +70,58 @@ if hasattr(os, 'register_at_fork'):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _Interrupted(Exception):
+    """Raised in a sending thread to stop waiting: with a reason at the flush deadline, without at abort or close."""
+
+
+class _Transport(HttpTransport):
+    """The client's HTTP transport, refusing to post once the threads are told to stop, and keeping its last problem."""
+
+    def __init__(self, stopping, endpoint, validate_certs, ca_path):
+        super(_Transport, self).__init__(endpoint, validate_certs, ca_path)
+        self._stopping = stopping
+        self.posts = 0
+        self.last_problem = None
+        self.unreachable = False
+
+    def post(self, body, deadline):
+        if self._stopping():
+            raise TransportError('interrupted at the flush deadline')
+        self.posts += 1
+        try:
+            response = super(_Transport, self).post(body, deadline)
+        except TransportError as exc:
+            self.unreachable = exc.unreachable
+            if not self._stopping():  # not the failure our own interrupt caused
+                self.last_problem = exc.reason
+            raise
+        self.unreachable = False
+        if response.status >= 300:
+            self.last_problem = 'HTTP %d' % response.status
+        return response
+
+
 class EventSender:
     """Delivers change events off the caller's thread; see the module documentation.
 
-    ``client_options``: ``timeout``, ``retries``, ``validate_certs``,
-    ``ca_path`` for FlashdutyClient. ``max_rate``: requests per second over
-    all threads and endpoints (0 or None: no limit). ``concurrency``: sending
-    threads. ``spool``: a Spool, or None to only warn about what is left.
-    No method raises, and only flush() blocks.
+    ``client_options``: ``timeout``, ``retries``, ``validate_certs``, ``ca_path`` for FlashdutyClient.
+    ``max_rate``: requests per second over all threads and endpoints (0 or None: no limit). ``concurrency``:
+    sending threads. ``spool``: a Spool, or None to only warn about what is left. No method raises, and only
+    flush() blocks.
     """
 
     def __init__(self, client_options=None, max_rate=DEFAULT_MAX_RATE, concurrency=DEFAULT_CONCURRENCY, spool=None,
                  retry_pause=DEFAULT_RETRY_PAUSE):
-        self._client_options = dict(client_options or {})
+        options = dict(client_options or {})
+        self._timeout = float(options.get('timeout') or DEFAULT_TIMEOUT)
+        retries = options.get('retries')
+        self._retries = max(0, int(DEFAULT_RETRIES if retries is None else retries))
+        self._validate_certs = options.get('validate_certs', True) is not False
+        self._ca_path = options.get('ca_path')
+        self._max_rate = max_rate
         self._concurrency = max(1, int(concurrency or 1))
         self.spool = spool
         self._retry_pause = max(0.0, float(retry_pause))
-        self._rate = RateLimiter(max_rate)
         self._setup()
         _SENDERS.add(self)
 
@@ -90,21 +129,24 @@ class EventSender:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
-        self._workers = [Worker(index) for index in range(self._concurrency)]
-        self._courier = Courier(self._changed, self._rate, self._client_options)
-        self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route_record, route_item=self._route,
-                                        forget=self._forget_batch, note=self._note_redacted, alive=self._alive)
-        self._flush_timeout = 0.0
+        self._rate = RateLimiter(self._max_rate)
+        self._workers = [Worker() for _index in range(self._concurrency)]
+        self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route, forget=self._forget_batch, note=self._note,
+                                        alive=self._alive)
         self._endpoints = {}
         self._spooled_keys = set()          # changes with an event in the spool: the rest follow it there
         self._refusals = Refusals()
         self._messages = []
+        self._stats = collections.Counter()
         self._sequence = 0
         self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
+        self._flush_timeout = 0.0
+        self._deadline = None               # the flush deadline (a time.monotonic() value) while a flush waits
+        self._aborted = False               # the flush deadline passed: the threads stop now
+        self._closed = False
+        self._stop = threading.Event()      # set with _aborted or _closed: wakes threads sleeping for a token
         self._cut = False                   # cut(): every flush from now on stops waiting at once
         self._inert = False
-        self._stats = collections.Counter()
-        self._rate.reset()
 
     def _forked(self):
         """In a forked child: fresh locks, no threads, and nothing to do (the parent delivers)."""
@@ -112,14 +154,17 @@ class EventSender:
         self._inert = True
 
     def _alive(self):
-        return not (self._courier.closed or self._inert)
+        return not (self._closed or self._inert)
+
+    def _stopping(self):
+        return self._aborted or self._closed
 
     # ---- caller side --------------------------------------------------
 
     def submit(self, endpoint, event):
         """Queue one event for ``endpoint`` (an Endpoint); returns at once and never raises."""
         try:
-            if self._inert or self._courier.closed:
+            if not self._alive():
                 return
             if not isinstance(event, dict):
                 raise TypeError('the event must be a dict, not %s' % type(event).__name__)
@@ -137,17 +182,16 @@ class EventSender:
     def replay(self, endpoint):
         """Queue the spooled events for ``endpoint`` ahead of anything submitted after; once per endpoint."""
         try:
-            if self._inert or self._courier.closed or self.spool is None:
+            if not self._alive() or self.spool is None:
                 return
             with self._lock:
                 state = self._endpoint(endpoint)
                 if state.replayed:
                     return
                 state.replayed = True
-            if not self.spool.pending(endpoint):
-                return
-            with self._lock:
-                self._replay.load(state, self._start)
+            if self.spool.pending(endpoint):
+                with self._lock:
+                    self._replay.load(state, _start)
         except SpoolError as exc:
             self._note('Flashduty spool not replayed: %s' % exc.message)
         except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -161,12 +205,7 @@ class EventSender:
 
     def close(self):
         """Stop the threads without waiting; what is still queued is neither sent nor spooled."""
-        with self._lock:
-            self._courier.close()
-            transports = [worker.transport for worker in self._workers if worker.transport is not None]
-            self._changed.notify_all()
-        for transport in transports:
-            transport.interrupt()
+        self._halt(closing=True)
 
     def cut(self):
         """Make the flush under way, and every later one, stop waiting and spool what is left at once.
@@ -182,54 +221,45 @@ class EventSender:
         delivered afterwards, so that nothing is lost if the process is killed while this waits.
         """
         started = time.monotonic()
-        timeout = max(0.0, float(timeout or 0))
-        if self._inert or not self._acquire_flush_lock(started + timeout):
+        deadline = started + max(0.0, float(timeout or 0))
+        locked = False
+        while not (self._inert or locked):
+            locked = self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic())))  # pylint: disable=consider-using-with
+            if not locked and (self._cut or time.monotonic() >= deadline):
+                break
+        if not locked:
             return self._report(started, 0, True)
-        pending = 0
-        timed_out = False
+        pending, timed_out = 0, False
         try:
             ahead = self._write_ahead() if write_ahead and self.spool is not None else {}
-            timed_out, pending = self._flush(max(0.0, timeout - (time.monotonic() - started)), ahead)
+            timed_out, pending = self._flush(max(0.0, deadline - time.monotonic()), ahead)
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            self._note_redacted('Flashduty change events: flush failed (internal error): %s' % (exc,))
+            self._note('Flashduty change events: flush failed (internal error): %s' % (exc,))
         finally:
             with self._lock:
-                self._courier.resume()
+                self._deadline = None
+                self._aborted = False
+                if not self._closed:
+                    self._stop.clear()
                 self._changed.notify_all()
             self._flush_lock.release()
         return self._report(started, pending, timed_out)
 
-    def _acquire_flush_lock(self, deadline):
-        while True:
-            if self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic()))):  # pylint: disable=consider-using-with
-                return True
-            if self._cut or time.monotonic() >= deadline:
-                return False
-
     def _report(self, started, pending, timed_out):
         with self._lock:
-            stats = dict(self._stats)
-        return FlushReport(delivered=stats.get('delivered', 0), replayed=stats.get('replayed', 0), failed=stats.get('failed', 0),
-                           spooled=stats.get('spooled', 0), dropped=stats.get('dropped', 0), lost=stats.get('lost', 0),
-                           pending=pending, timed_out=timed_out, elapsed=time.monotonic() - started,
-                           spool=self.spool.path if self.spool is not None else None)
+            counts = dict((name, self._stats[name]) for name in ('delivered', 'replayed', 'failed', 'spooled', 'dropped', 'lost'))
+        return FlushReport(pending=pending, timed_out=timed_out, elapsed=time.monotonic() - started,
+                           spool=self.spool.path if self.spool is not None else None, **counts)
 
     # ---- internals: routing ---------------------------------------------
 
     def _note(self, message):
-        with self._lock:
-            self._messages.append(message)
-
-    def _note_redacted(self, message):
-        """Keep a warning whose text may hold any endpoint's secrets."""
+        """Keep a warning, masking every endpoint's secrets in it (lock not held)."""
         with self._lock:
             self._messages.append(redact(message, self._all_secrets()))
 
     def _all_secrets(self):
-        secrets = []
-        for endpoint in list(self._endpoints.values()):
-            secrets.extend(endpoint.secrets)
-        return secrets
+        return [secret for state in list(self._endpoints.values()) for secret in state.endpoint.secrets]
 
     def _endpoint(self, endpoint):
         state = self._endpoints.get(endpoint.fingerprint)
@@ -244,25 +274,26 @@ class EventSender:
         index = zlib.crc32(('%s\0%s' % (item.endpoint.fp, item.key)).encode('utf-8', 'surrogatepass')) % self._concurrency
         worker = self._workers[index]
         worker.queue.append(item)
-        if worker.thread is None and not self._courier.closed:
-            worker.thread = self._start(self._work, 'flashduty-sender-%d' % index, worker)
-
-    def _route_record(self, endpoint, event, batch, record):
-        """Queue one replayed spool record (lock held)."""
-        self._route(Item(endpoint, event, batch=batch, attempts=_int(record.get('attempts')),
-                         first_failure=_float(record.get('first_failure')), last_error=record.get('last_error')))
+        if worker.thread is None and not self._closed:
+            worker.thread = _start(self._work, 'flashduty-sender-%d' % index, worker)
 
     def _forget_batch(self, batch):
         """Another run took this batch over: drop its events from the queues (lock held)."""
         for worker in self._workers:
             worker.forget(batch)
 
-    @staticmethod
-    def _start(target, name, *args):
-        thread = threading.Thread(target=target, name=name, args=args)
-        thread.daemon = True  # a non-daemon thread would keep ansible-playbook from exiting
-        thread.start()
-        return thread
+    def _halt(self, closing):
+        """Make every thread stop now, interrupting requests in flight: closing, or at the flush deadline."""
+        with self._lock:
+            if closing:
+                self._closed = True
+            else:
+                self._aborted = True
+            self._stop.set()
+            transports = [worker.transport for worker in self._workers if worker.transport is not None]
+            self._changed.notify_all()
+        for transport in transports:
+            transport.interrupt()
 
     # ---- internals: the sending threads -----------------------------------
 
@@ -273,11 +304,10 @@ class EventSender:
                     item, probe = self._next_item(worker)
                     if item is None:
                         return
-                outcome = self._courier.send(worker, item, probe)
+                kind, detail = self._send(worker, item, probe)
                 with self._lock:
-                    finished = self._settle(worker, item, probe, outcome)
-                    worker.current = None
-                    worker.transport = None
+                    finished = self._settle(worker, item, probe, kind, detail)
+                    worker.current = worker.transport = None
                     self._changed.notify_all()
                 if finished is not None:
                     self._replay.release(finished)
@@ -292,10 +322,8 @@ class EventSender:
     def _next_item(self, worker):
         """Wait for the next item to send (lock held); ``(None, False)`` when the thread should end."""
         held_some = False
-        while True:
-            if self._courier.closed or self._inert:
-                return None, False
-            if self._courier.aborted:
+        while self._alive():
+            if self._aborted:
                 self._changed.wait()
                 continue
             now = time.monotonic()
@@ -310,23 +338,92 @@ class EventSender:
             endpoint = item.endpoint
             if item.change in self._spooled_keys:
                 item.stuck = True
-            if item.stuck or worker.must_wait(item):
-                worker.hold(item)
-                held_some = True
-                continue
-            admission = endpoint.admit(now)
-            if admission == WAIT:
-                worker.hold(item, endpoint.last_error)
+            admission = None if item.stuck or worker.must_wait(item) else endpoint.admit(now)
+            if admission in (None, WAIT):
+                worker.hold(item, endpoint.last_error if admission else None)
                 held_some = True
                 continue
             if admission == PROBE:
                 self._generation += 1
             worker.current = item
             return item, admission == PROBE
+        return None, False
 
-    def _settle(self, worker, item, probe, outcome):
+    def _send(self, worker, item, probe):
+        """Deliver ``item`` from ``worker``'s thread (no lock held); ``(kind, detail)``, kind one of DELIVERED...
+
+        A ``probe`` is tried once, without retries.
+        """
+        transport = None
+        posts = 0
+        try:
+            client = worker.clients.get(item.endpoint.fp)
+            if client is None:
+                transport = _Transport(self._stopping, item.endpoint.endpoint, self._validate_certs, self._ca_path)
+                client = worker.clients[item.endpoint.fp] = FlashdutyClient(
+                    item.endpoint.endpoint, timeout=self._timeout, sleep=lambda seconds: self._pause(seconds, transport),
+                    transport=transport)
+            transport = client.transport
+            posts = transport.posts
+            transport.last_problem = None
+            with self._lock:
+                worker.transport = transport
+            self._take_token()
+            client.retries = 0 if probe else self._retries
+            return DELIVERED, client.send(item.event, deadline=self._deadline, deadline_name='the flush_timeout')
+        except _Interrupted as exc:
+            last = transport.last_problem if transport is not None else None
+            if not exc.args:
+                return AGAIN, last
+            return LATE, '%s (%s)' % (exc.args[0], last) if last else exc.args[0]
+        except FlashdutyError as exc:
+            if not exc.retryable:
+                return REFUSED, exc
+            if self._stopping():
+                return AGAIN, transport.last_problem if transport is not None else None
+            return TRANSIENT, exc
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # A bug, not the endpoint's fault: report it once for this event and go on with the next.
+            return REFUSED, FlashdutyError('internal error while sending: %s: %s' % (type(exc).__name__, exc))
+        finally:
+            if transport is not None:
+                item.attempts += transport.posts - posts
+
+    def _pause(self, seconds, transport):
+        """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited.
+
+        Once the flush has begun, an endpoint that cannot be reached at all is not tried again: its events
+        are spooled at once rather than waiting out the backoff.
+        """
+        end = time.monotonic() + max(0.0, seconds)
+        with self._lock:
+            while True:
+                if self._stopping():
+                    raise _Interrupted()
+                if self._deadline is not None and transport.unreachable:
+                    raise _Interrupted('not tried again at the end of the run')
+                if self._deadline is not None and end > self._deadline:
+                    raise _Interrupted('the next retry would come after the flush deadline')
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        self._take_token()
+
+    def _take_token(self):
+        """Wait for this thread's request slot of the shared rate limit, on an event only an abort or close sets."""
+        if not self._rate.limited:
+            return
+        if self._stopping():
+            raise _Interrupted()
+        wait = self._rate.reserve(self._deadline)
+        if wait is None:
+            raise _Interrupted('the rate limit left no time before the flush deadline')
+        if wait > 0 and self._stop.wait(wait):
+            raise _Interrupted()
+
+    def _settle(self, worker, item, probe, kind, detail):
         """Record an outcome (lock held); return a replayed batch whose last event this was, to be released."""
-        kind, detail = outcome
         endpoint = item.endpoint
         if kind in (DELIVERED, REFUSED):
             changed = endpoint.answered(probe)
@@ -337,14 +434,10 @@ class EventSender:
         if changed:
             self._generation += 1
         if item.abandoned:
-            # flush() spooled it already; if it went through after all, the next run sends it again.
-            if kind == DELIVERED:
-                self._stats['late'] += 1
-            return None
+            return None  # flush() spooled it already; if it went through after all, the next run sends it again.
         if kind == DELIVERED:
             self._stats['delivered'] += 1
-            if item.batch is not None:
-                self._stats['replayed'] += 1
+            self._stats['replayed'] += item.batch is not None
         elif kind == REFUSED:
             self._stats['failed'] += 1
             self._refusals.add(endpoint, detail, item.event, from_spool=item.batch is not None)
@@ -358,24 +451,19 @@ class EventSender:
             if kind == TRANSIENT:
                 item.last_error = detail.reason
             else:
-                item.last_error = endpoint.redact(detail)
-                item.stuck = True
+                item.last_error, item.stuck = endpoint.redact(detail), True
             worker.hold(item)
             return None
         return self._replay.settled(item)
 
     # ---- internals: flush -------------------------------------------------
 
-    def _fallback(self):
-        return 'not delivered within the %.1f s flush timeout' % self._flush_timeout
-
     def _write_ahead(self):
         """Write this run's events not delivered yet to the spool (replayed ones are still in their claimed files)."""
         with self._lock:
-            items = [item for worker in self._workers for item in worker.pending() if item.batch is None]
-            items.extend(item for item in self._replay.stranded() if item.batch is None)
+            items = [item for item in sum((worker.pending() for worker in self._workers), self._replay.stranded()) if item.batch is None]
         items.sort(key=lambda item: item.seq)
-        return _leftovers.write_ahead(self.spool, items, self._note)
+        return _report.write_ahead(self.spool, items, self._note)
 
     def _busy(self, deadline):
         """True while something may still be sent before ``deadline`` (lock held).
@@ -383,18 +471,13 @@ class EventSender:
         Events for an endpoint that could not be reached at all are not waited for: they go to the spool
         at once, so that a dead endpoint does not make every run wait for its next probe.
         """
-        if self._replay.busy():
-            return True
-        for worker in self._workers:
-            if worker.queue or worker.current is not None:
-                return True
-            if worker.held and any(not item.endpoint.unreachable for item in sort_held(worker.held, deadline)[0]):
-                return True
-        return False
+        return self._replay.busy() or any(
+            worker.queue or worker.current is not None
+            or any(not item.endpoint.unreachable for item in sort_held(worker.held, deadline)[0]) for worker in self._workers)
 
-    def _wait(self, until, condition, cuttable=True):
-        """Wait (lock held) while ``condition()`` holds, until the clock reaches ``until`` or cut() is called."""
-        while condition() and not (cuttable and self._cut):
+    def _wait(self, until, condition):
+        """Wait (lock held) while ``condition()`` holds, until the clock reaches ``until``."""
+        while condition():
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
@@ -404,63 +487,38 @@ class EventSender:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._flush_timeout = timeout
-            self._courier.deadline = deadline
+            self._deadline = deadline
             self._changed.notify_all()
-            self._wait(deadline, lambda: self._busy(deadline) and not self._courier.closed)
+            self._wait(deadline, lambda: self._busy(deadline) and not self._closed and not self._cut)
             timed_out = self._busy(deadline)
-            if timed_out:
-                self._courier.abort()
-                self._changed.notify_all()
-            transports = [worker.transport for worker in self._workers if worker.transport is not None]
         if timed_out:
-            for transport in transports:
-                transport.interrupt()
+            self._halt(closing=False)
             with self._lock:
-                self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers),
-                           cuttable=False)
+                self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers))
         with self._lock:
-            leftovers, pending, batches = self._take_leftovers()
-        self._store(leftovers, batches, ahead)
-        return timed_out, pending
-
-    def _take_leftovers(self):
-        """Everything not delivered, in submission order, and the open batches (lock held)."""
-        leftovers = []
-        pending = 0
-        for worker in self._workers:
-            items, fresh = worker.take_all()
-            leftovers.extend(items)
-            pending += fresh
-        stranded = self._replay.take_stranded()
-        pending += len(stranded)
-        leftovers.extend(stranded)
-        for item in leftovers:
-            if item.batch is None or not item.batch.closed:
-                self._spooled_keys.add(item.change)
-        leftovers.sort(key=lambda item: item.seq)
-        return leftovers, pending, self._replay.take_open_batches()
-
-    def _store(self, leftovers, batches, ahead):
-        """Spool the leftovers and say what became of the events since the last flush."""
-        result = _leftovers.store(self.spool, leftovers, batches, ahead, self._fallback(), self._note)
+            leftovers, pending = [], 0
+            for worker in self._workers:
+                items, fresh = worker.take_all()
+                leftovers.extend(items)
+                pending += fresh
+            stranded = self._replay.stranded(take=True)
+            leftovers.extend(stranded)
+            for item in leftovers:
+                if item.batch is None or not item.batch.closed:
+                    self._spooled_keys.add(item.change)
+            leftovers.sort(key=lambda item: item.seq)
+            batches = self._replay.take_open_batches()
+        fallback = 'not delivered within the %.1f s flush timeout' % self._flush_timeout
+        result = _report.store(self.spool, leftovers, batches, ahead, fallback, self._note)
         with self._lock:
-            messages = self._refusals.take_messages() + result.messages(self.spool)
-            self._stats['spooled'] += result.spooled_count
-            self._stats['lost'] += result.lost_count
-            self._stats['dropped'] += result.dropped
+            self._stats.update(spooled=result.spooled_count, lost=result.lost_count, dropped=result.dropped)
             secrets = self._all_secrets()
-            self._messages.extend(redact(message, secrets) for message in messages)
+            self._messages.extend(redact(message, secrets) for message in self._refusals.take_messages() + result.messages(self.spool))
+        return timed_out, pending + len(stranded)
 
 
-def _int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _float(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+def _start(target, name, *args):
+    thread = threading.Thread(target=target, name=name, args=args)
+    thread.daemon = True  # a non-daemon thread would keep ansible-playbook from exiting
+    thread.start()
+    return thread

@@ -27,7 +27,7 @@ def items(endpoint, *keys):
 
 def test_an_item_held_keeps_the_later_items_of_its_change_behind_it():
     endpoint = EndpointHealth(endpoint_for(URL), 5.0, clock=Clock())
-    worker = Worker(0)
+    worker = Worker()
     first, second, other = items(endpoint, "a", "a", "b")
     first.stuck = True
     worker.hold(first)
@@ -42,7 +42,7 @@ def test_held_items_go_back_in_front_of_the_queue_in_order_when_their_endpoint_i
     clock = Clock()
     endpoint = EndpointHealth(endpoint_for(URL), 5.0, clock=clock)
     endpoint.failed(DOWN, probe=False)
-    worker = Worker(0)
+    worker = Worker()
     held = items(endpoint, "a", "b", "a")
     for item in held:
         worker.hold(item, reason=endpoint.last_error)
@@ -57,7 +57,7 @@ def test_held_items_go_back_in_front_of_the_queue_in_order_when_their_endpoint_i
 
 def test_take_all_marks_the_item_in_flight_and_forget_drops_a_batch():
     endpoint = EndpointHealth(endpoint_for(URL), 5.0)
-    worker = Worker(0)
+    worker = Worker()
     held, queued, flying, replayed = items(endpoint, "a", "b", "c", "d")
     replayed.batch = batch = object()
     worker.hold(held)
