@@ -53,8 +53,7 @@ class EndpointHealth:
         return None if self.probing else self.down_until
 
     def interrupted(self, probe):
-        """The attempt was cut short (flush deadline, close): nothing learnt but that a probe is over; True when
-        the state changed."""
+        """The attempt was cut short (flush deadline, close): a probe is over; True when the state changed."""
         if probe:
             self.probing = False
         return bool(probe)
@@ -83,11 +82,8 @@ class EndpointHealth:
 
 
 def sort_held(held, moment):
-    """Split held items into those that may be sent at ``moment`` and those that stay; also the next due time.
-
-    Items have ``endpoint`` (an EndpointHealth), ``key`` (the change key) and ``stuck``. An item that stays
-    keeps every later item of its change behind it.
-    """
+    """``(movable, staying, next due time)``: held items (``endpoint``, ``key``, ``stuck``) that may be sent at
+    ``moment``, and those that stay, each keeping every later item of its change behind it."""
     movable, staying, staying_keys, due = [], [], set(), None
     for item in held:
         endpoint = item.endpoint

@@ -20,10 +20,9 @@ MAX_BURST = 5
 
 
 class RateLimiter:
-    """A token bucket kept as one number (GCRA): at most ``max_rate`` requests per second, small bursts allowed.
+    """A token bucket kept as one number (GCRA): at most ``max_rate`` requests per second (0 or None: no limit).
 
-    ``max_rate`` 0 or None: no limit. Threads reserve their slot and then sleep on their own, so that no
-    thread is woken for another's request.
+    Threads reserve their slot and then sleep on their own, so that no thread is woken for another's request.
     """
 
     def __init__(self, max_rate, clock=time.monotonic):
@@ -39,10 +38,7 @@ class RateLimiter:
         return self.interval is not None
 
     def reserve(self, deadline=None):
-        """Reserve the next request slot; return the seconds to wait for it (0 for now), or None.
-
-        None means the slot comes after ``deadline`` (a clock value): nothing was reserved.
-        """
+        """Reserve the next request slot; the seconds to wait for it, or None (after ``deadline``: nothing reserved)."""
         if not self.limited:
             return 0.0
         with self._lock:

@@ -5,10 +5,8 @@
 
 """Replaying the spool: claimed spool files, loaded on their own thread, ahead of what is submitted after.
 
-Private to this collection: not a public API, may change without notice.
-
-The dispatcher shares the sender's lock (``changed``, a Condition): its state is part of what a flush waits
-for. Methods marked "lock held" are called with it held; the others take it.
+Private to this collection: not a public API, may change without notice. The dispatcher shares the sender's
+lock (``changed``, a Condition): its state is part of what a flush waits for.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -49,18 +47,17 @@ class ReplayDispatcher:
         self._batches = []
         self._next_renewal = 0.0
 
-    # ---- the sender's side (lock held) ----------------------------------------
-
+    # ---- the sender's side, lock held ----
     def busy(self):
         """True while a replay is being loaded, released, or holds submitted events back."""
         return bool(self._inbox or self._dispatching or self._releasing)
 
     def hold_back(self, item):
         """Queue ``item`` behind a replay being loaded; False when there is none (route it yourself)."""
-        if not (self._inbox or self._dispatching):
-            return False
-        self._inbox.append(item)
-        return True
+        if self._inbox or self._dispatching:
+            self._inbox.append(item)
+            return True
+        return False
 
     def load(self, endpoint, start_thread):
         """Queue the spool of ``endpoint`` (an EndpointHealth) for loading; start the thread if needed."""
@@ -75,11 +72,9 @@ class ReplayDispatcher:
         if batch is None or batch.closed:
             return None
         batch.unsettled -= 1
-        if batch.unsettled:
-            return None
-        batch.closed = True
-        self._releasing += 1
-        return batch
+        batch.closed = not batch.unsettled
+        self._releasing += batch.closed
+        return batch if batch.closed else None
 
     def stranded(self, take=False):
         """Submitted items held back behind a replay, in order; ``take``: taken out (the endpoints to load stay)."""
@@ -95,8 +90,7 @@ class ReplayDispatcher:
             batch.closed = True
         return batches
 
-    # ---- no lock held ---------------------------------------------------------
-
+    # ---- no lock held ----
     def release(self, batch):
         """Delete the spool file of a batch whose every event was settled."""
         try:

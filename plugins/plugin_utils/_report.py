@@ -7,11 +7,10 @@
 
 Private to this collection: not a public API, may change without notice.
 
-Writing ahead is what keeps a forced stop (a second Ctrl-C, SIGTERM, SIGKILL) from losing events: before
-the end of the run waits for delivery, every event not delivered yet is in the spool. When the wait is over,
-what is left is spooled as usual and the batch written ahead is deleted, in that order: a process killed in
-between sends some events twice, never none. Every warning is built from structured fields (an
-EndpointHealth's masked URL, a FlashdutyError's fields, counts): nothing is parsed back out of a message.
+Writing ahead keeps a forced stop (a second Ctrl-C, SIGTERM, SIGKILL) from losing events: before the end of
+the run waits, every event not delivered yet is in the spool; after, what is left is spooled as usual and only
+then is the batch written ahead deleted: a process killed in between sends some events twice, never none.
+Warnings are built from structured fields (masked URL, a FlashdutyError's fields, counts), never parsed back.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -31,18 +30,15 @@ FIELDS = ('delivered', 'replayed', 'failed', 'spooled', 'dropped', 'lost', 'pend
 
 
 class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * len(FIELDS))):
-    """What became of the events: counts since the sender was made, plus this flush's own facts.
-
-    ``delivered`` (``replayed`` of them came from the spool), ``failed`` (refused for good, not spooled),
-    ``spooled``, ``dropped`` (oldest events removed from a full spool), ``lost`` (neither delivered nor
-    spooled); ``pending`` events were still queued or in flight when this flush's deadline came;
-    ``timed_out``, ``elapsed`` (seconds), ``spool`` (its path or None).
+    """Counts since the sender was made: ``delivered`` (``replayed`` of them from the spool), ``failed`` (refused
+    for good), ``spooled``, ``dropped`` (the oldest, from a full spool), ``lost``; and this flush's own facts:
+    ``pending`` (queued or in flight at its deadline), ``timed_out``, ``elapsed`` (seconds), ``spool`` (path or None).
     """
 
     __slots__ = ()
 
     def as_dict(self):
-        return dict(self._asdict())
+        return self._asdict()
 
     def summary(self):
         """One line, e.g. ``Flashduty change events: 12 delivered (2 from the spool), 1 refused, 3 spooled; flush 0.4 s``."""
@@ -56,15 +52,13 @@ class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * 
 
 
 class Refusals:
-    """Events refused for good, by endpoint and kind (HTTP status and Flashduty code), in the order of the first
-    of each kind: said in one warning per kind and endpoint when the run ends (take_messages())."""
+    """Events refused for good, by endpoint and kind (HTTP status, Flashduty code): one warning each at take_messages()."""
 
     def __init__(self):
         self._kinds = collections.OrderedDict()
 
     def add(self, endpoint, error, event, from_spool=False):
-        """One refused ``event`` for ``endpoint`` (an EndpointHealth), with ``error`` (a FlashdutyError)."""
-        # The first refusal of a kind stands for all: its event, reason and code.
+        """One refused ``event`` for ``endpoint`` (an EndpointHealth); the first ``error`` of a kind stands for all."""
         refusal = self._kinds.setdefault((endpoint.fp, error.status_code, error.code),
                                          dict(endpoint=endpoint, error=error, event=event, from_spool=from_spool, ids=[], count=0))
         refusal['count'] += 1
@@ -98,8 +92,7 @@ class Leftovers:
 
     def __init__(self, fallback):
         self.fallback = fallback   # the error of an event that never failed: it ran out of time
-        self.stored = collections.OrderedDict()
-        self.lost = collections.OrderedDict()
+        self.stored, self.lost = collections.OrderedDict(), collections.OrderedDict()  # {EndpointHealth: (count, last error)}
         self.dropped = 0
         self.spool_problem = None
 
@@ -118,13 +111,8 @@ class Leftovers:
             last = [item.last_error for item in items if item.last_error]
             table[endpoint] = (count + len(items), last[-1] if last else error or self.fallback)
 
-    @property
-    def spooled_count(self):
-        return sum(count for count, _error in self.stored.values())
-
-    @property
-    def lost_count(self):
-        return sum(count for count, _error in self.lost.values())
+    spooled_count = property(lambda self: sum(count for count, _error in self.stored.values()))
+    lost_count = property(lambda self: sum(count for count, _error in self.lost.values()))
 
     def messages(self, spool):
         """One warning per endpoint and fate (``spool``: the Spool, or None), and one about dropped events."""
@@ -145,7 +133,7 @@ def _events(count):
 
 
 def _by_endpoint(items):
-    """``{EndpointHealth: [items]}``, endpoints in order of their first item."""
+    """``{EndpointHealth: [items]}``, in order."""
     groups = collections.OrderedDict()
     for item in items:
         groups.setdefault(item.endpoint, []).append(item)
@@ -153,10 +141,7 @@ def _by_endpoint(items):
 
 
 def write_ahead(spool, items, note):
-    """Write this run's ``items`` (in order) to ``spool`` now; ``{EndpointHealth: stamp}`` of what was written.
-
-    ``note(message)`` keeps a warning about an endpoint whose events could not be written.
-    """
+    """Write this run's ``items`` (in order) to ``spool`` now; ``{EndpointHealth: stamp}`` of what was written."""
     written = {}
     for endpoint, group in _by_endpoint(items).items():
         try:
@@ -169,9 +154,8 @@ def write_ahead(spool, items, note):
 def store(spool, leftovers, batches, ahead, fallback, note):
     """Spool ``leftovers`` (in order); return a Leftovers that counts them and says what became of them.
 
-    Replayed items go back to their claimed ``batches``, under their old stamp; this run's items to a new
-    batch per endpoint, after which the batch written ahead for it (``ahead``, from write_ahead()) is deleted.
-    ``spool`` None: they are lost. ``fallback``: the last error of an event that never failed.
+    Replayed items go back to their claimed ``batches``, under their old stamp; this run's items to a new batch
+    per endpoint, replacing the batch written ahead for it (``ahead``). ``fallback``: the error of one that never failed.
     """
     result = Leftovers(fallback)
     for batch in batches:

@@ -7,17 +7,11 @@
 
 Private to this collection: not a public API, may change without notice.
 
-``EventSender.submit()`` only appends to an in-memory queue; daemon threads, started on first use, deliver
-with the shared FlashdutyClient. Events for one ``(endpoint, change_key)`` always go to the same thread, so
-they arrive in the order they were submitted (``_ordering``). One token bucket (``_rate``) keeps all threads
-under ``max_rate`` requests per second (retries included). ``flush(timeout)`` waits at most ``timeout``
-seconds, interrupting retries, backoff sleeps and even a request in progress at the deadline, then writes
-what is left to the Spool; with ``write_ahead`` it first writes everything not yet delivered to the spool,
-so that a process killed during the wait loses nothing (``_report``).
-
-An endpoint whose event failed after all retries is down (``_health``): its events wait, in order, for a
-probe. An event that could not be delivered keeps every later event of its change behind it, into the
-spool if it comes to that. Spooled events are replayed by ``_replay``.
+``submit()`` only queues; daemon threads, started on first use, deliver with FlashdutyClient, each change on
+one thread and in order (``_ordering``), all under one rate limit (``_rate``), leaving an endpoint that is
+down alone until a probe (``_health``). ``flush(timeout)`` waits at most ``timeout`` seconds, interrupting
+retries, backoff sleeps and requests in flight at the deadline, then spools what is left (``_report``).
+Spooled events are replayed by ``_replay``, ahead of what is submitted after.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,6 +19,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import itertools
 import os
 import threading
 import time
@@ -42,8 +37,6 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._replay import 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._report import FlushReport, Refusals
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
-__all__ = ('EventSender', 'FlushReport')
-
 DEFAULT_MAX_RATE = 40.0
 DEFAULT_CONCURRENCY = 8  # enough to keep max_rate at 40/s with round trips of 200 ms
 # How long flush() waits, after its deadline, for threads to give back what they were sending.
@@ -51,12 +44,10 @@ ABORT_GRACE = 0.25
 # How often a waiting flush looks whether cut() was called: a signal handler may not take a lock.
 CUT_POLL = 0.05
 
-# What became of one attempt (the first element of _send()'s answer).
-DELIVERED = 'delivered'   # detail: the Delivery
-REFUSED = 'refused'       # detail: the FlashdutyError; not to be tried again
-TRANSIENT = 'transient'   # detail: the FlashdutyError after every retry; the endpoint is down
-LATE = 'late'             # detail: why there was no time left before the flush deadline
-AGAIN = 'again'           # detail: the last problem, or None; interrupted, to be tried again
+# What became of one attempt, with its detail: the Delivery; the FlashdutyError, not to be tried again; the
+# FlashdutyError after every retry (the endpoint is down); why there was no time left before the flush
+# deadline; the last problem or None (interrupted, to be tried again).
+DELIVERED, REFUSED, TRANSIENT, LATE, AGAIN = 'delivered', 'refused', 'transient', 'late', 'again'
 
 _SENDERS = weakref.WeakSet()
 
@@ -66,8 +57,7 @@ def _after_fork_in_child():
         sender._forked()  # pylint: disable=protected-access
 
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Interrupted(Exception):
@@ -77,22 +67,22 @@ class _Interrupted(Exception):
 class _Transport(HttpTransport):
     """The client's HTTP transport, refusing to post once the threads are told to stop, and keeping its last problem."""
 
-    def __init__(self, stopping, endpoint, validate_certs, ca_path):
+    def __init__(self, stop, endpoint, validate_certs, ca_path):
         super(_Transport, self).__init__(endpoint, validate_certs, ca_path)
-        self._stopping = stopping
+        self._stop = stop  # the sender's Event, set when the threads are told to stop
         self.posts = 0
         self.last_problem = None
         self.unreachable = False
 
     def post(self, body, deadline):
-        if self._stopping():
+        if self._stop.is_set():
             raise TransportError('interrupted at the flush deadline')
         self.posts += 1
         try:
             response = super(_Transport, self).post(body, deadline)
         except TransportError as exc:
             self.unreachable = exc.unreachable
-            if not self._stopping():  # not the failure our own interrupt caused
+            if not self._stop.is_set():  # not the failure our own interrupt caused
                 self.last_problem = exc.reason
             raise
         self.unreachable = False
@@ -102,12 +92,10 @@ class _Transport(HttpTransport):
 
 
 class EventSender:
-    """Delivers change events off the caller's thread; see the module documentation.
+    """Delivers change events off the caller's thread. No method raises, and only flush() blocks.
 
-    ``client_options``: ``timeout``, ``retries``, ``validate_certs``, ``ca_path`` for FlashdutyClient.
-    ``max_rate``: requests per second over all threads and endpoints (0 or None: no limit). ``concurrency``:
-    sending threads. ``spool``: a Spool, or None to only warn about what is left. No method raises, and only
-    flush() blocks.
+    ``client_options``: ``timeout``, ``retries``, ``validate_certs``, ``ca_path`` for FlashdutyClient. ``max_rate``:
+    requests per second over all threads and endpoints (0 or None: no limit). ``spool``: a Spool, or None.
     """
 
     def __init__(self, client_options=None, max_rate=DEFAULT_MAX_RATE, concurrency=DEFAULT_CONCURRENCY, spool=None,
@@ -132,39 +120,28 @@ class EventSender:
         self._rate = RateLimiter(self._max_rate)
         self._workers = [Worker() for _index in range(self._concurrency)]
         self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route, forget=self._forget_batch, note=self._note,
-                                        alive=self._alive)
+                                        alive=lambda: not self._closed)
         self._endpoints = {}
         self._spooled_keys = set()          # changes with an event in the spool: the rest follow it there
         self._refusals = Refusals()
         self._messages = []
         self._stats = collections.Counter()
-        self._sequence = 0
+        self._sequence = itertools.count(1)
         self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
-        self._flush_timeout = 0.0
         self._deadline = None               # the flush deadline (a time.monotonic() value) while a flush waits
-        self._aborted = False               # the flush deadline passed: the threads stop now
         self._closed = False
-        self._stop = threading.Event()      # set with _aborted or _closed: wakes threads sleeping for a token
+        self._stop = threading.Event()      # set at close and at the flush deadline: the threads stop now
         self._cut = False                   # cut(): every flush from now on stops waiting at once
-        self._inert = False
 
     def _forked(self):
         """In a forked child: fresh locks, no threads, and nothing to do (the parent delivers)."""
         self._setup()
-        self._inert = True
-
-    def _alive(self):
-        return not (self._closed or self._inert)
-
-    def _stopping(self):
-        return self._aborted or self._closed
-
-    # ---- caller side --------------------------------------------------
+        self._closed = True
 
     def submit(self, endpoint, event):
         """Queue one event for ``endpoint`` (an Endpoint); returns at once and never raises."""
         try:
-            if not self._alive():
+            if self._closed:
                 return
             if not isinstance(event, dict):
                 raise TypeError('the event must be a dict, not %s' % type(event).__name__)
@@ -182,7 +159,7 @@ class EventSender:
     def replay(self, endpoint):
         """Queue the spooled events for ``endpoint`` ahead of anything submitted after; once per endpoint."""
         try:
-            if not self._alive() or self.spool is None:
+            if self._closed or self.spool is None:
                 return
             with self._lock:
                 state = self._endpoint(endpoint)
@@ -223,7 +200,7 @@ class EventSender:
         started = time.monotonic()
         deadline = started + max(0.0, float(timeout or 0))
         locked = False
-        while not (self._inert or locked):
+        while not locked:
             locked = self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic())))  # pylint: disable=consider-using-with
             if not locked and (self._cut or time.monotonic() >= deadline):
                 break
@@ -231,14 +208,18 @@ class EventSender:
             return self._report(started, 0, True)
         pending, timed_out = 0, False
         try:
-            ahead = self._write_ahead() if write_ahead and self.spool is not None else {}
+            ahead = {}
+            if write_ahead and self.spool is not None:  # this run's events: replayed ones are still in their claimed files
+                with self._lock:
+                    items = [item for item in sum((worker.pending() for worker in self._workers), self._replay.stranded())
+                             if item.batch is None]
+                ahead = _report.write_ahead(self.spool, sorted(items, key=lambda item: item.seq), self._note)
             timed_out, pending = self._flush(max(0.0, deadline - time.monotonic()), ahead)
         except Exception as exc:  # pylint: disable=broad-exception-caught
             self._note('Flashduty change events: flush failed (internal error): %s' % (exc,))
         finally:
             with self._lock:
                 self._deadline = None
-                self._aborted = False
                 if not self._closed:
                     self._stop.clear()
                 self._changed.notify_all()
@@ -247,19 +228,14 @@ class EventSender:
 
     def _report(self, started, pending, timed_out):
         with self._lock:
-            counts = dict((name, self._stats[name]) for name in ('delivered', 'replayed', 'failed', 'spooled', 'dropped', 'lost'))
+            counts = dict(self._stats)  # delivered, replayed, failed, spooled, dropped, lost
         return FlushReport(pending=pending, timed_out=timed_out, elapsed=time.monotonic() - started,
                            spool=self.spool.path if self.spool is not None else None, **counts)
-
-    # ---- internals: routing ---------------------------------------------
 
     def _note(self, message):
         """Keep a warning, masking every endpoint's secrets in it (lock not held)."""
         with self._lock:
-            self._messages.append(redact(message, self._all_secrets()))
-
-    def _all_secrets(self):
-        return [secret for state in list(self._endpoints.values()) for secret in state.endpoint.secrets]
+            self._messages.append(redact(message, [secret for state in self._endpoints.values() for secret in state.endpoint.secrets]))
 
     def _endpoint(self, endpoint):
         state = self._endpoints.get(endpoint.fingerprint)
@@ -269,8 +245,7 @@ class EventSender:
 
     def _route(self, item):
         """Give an item its sequence number and its thread (lock held)."""
-        self._sequence += 1
-        item.seq = self._sequence
+        item.seq = next(self._sequence)
         index = zlib.crc32(('%s\0%s' % (item.endpoint.fp, item.key)).encode('utf-8', 'surrogatepass')) % self._concurrency
         worker = self._workers[index]
         worker.queue.append(item)
@@ -285,17 +260,12 @@ class EventSender:
     def _halt(self, closing):
         """Make every thread stop now, interrupting requests in flight: closing, or at the flush deadline."""
         with self._lock:
-            if closing:
-                self._closed = True
-            else:
-                self._aborted = True
+            self._closed = self._closed or closing
             self._stop.set()
             transports = [worker.transport for worker in self._workers if worker.transport is not None]
             self._changed.notify_all()
         for transport in transports:
             transport.interrupt()
-
-    # ---- internals: the sending threads -----------------------------------
 
     def _work(self, worker):
         try:
@@ -322,8 +292,8 @@ class EventSender:
     def _next_item(self, worker):
         """Wait for the next item to send (lock held); ``(None, False)`` when the thread should end."""
         held_some = False
-        while self._alive():
-            if self._aborted:
+        while not self._closed:
+            if self._stop.is_set():  # until the flush is over
                 self._changed.wait()
                 continue
             now = time.monotonic()
@@ -350,16 +320,13 @@ class EventSender:
         return None, False
 
     def _send(self, worker, item, probe):
-        """Deliver ``item`` from ``worker``'s thread (no lock held); ``(kind, detail)``, kind one of DELIVERED...
-
-        A ``probe`` is tried once, without retries.
-        """
+        """Deliver ``item`` (no lock held; a ``probe`` without retries); ``(kind, detail)``, kind one of DELIVERED..."""
         transport = None
         posts = 0
         try:
             client = worker.clients.get(item.endpoint.fp)
             if client is None:
-                transport = _Transport(self._stopping, item.endpoint.endpoint, self._validate_certs, self._ca_path)
+                transport = _Transport(self._stop, item.endpoint.endpoint, self._validate_certs, self._ca_path)
                 client = worker.clients[item.endpoint.fp] = FlashdutyClient(
                     item.endpoint.endpoint, timeout=self._timeout, sleep=lambda seconds: self._pause(seconds, transport),
                     transport=transport)
@@ -379,7 +346,7 @@ class EventSender:
         except FlashdutyError as exc:
             if not exc.retryable:
                 return REFUSED, exc
-            if self._stopping():
+            if self._stop.is_set():
                 return AGAIN, transport.last_problem if transport is not None else None
             return TRANSIENT, exc
         except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -398,7 +365,7 @@ class EventSender:
         end = time.monotonic() + max(0.0, seconds)
         with self._lock:
             while True:
-                if self._stopping():
+                if self._stop.is_set():
                     raise _Interrupted()
                 if self._deadline is not None and transport.unreachable:
                     raise _Interrupted('not tried again at the end of the run')
@@ -411,10 +378,10 @@ class EventSender:
         self._take_token()
 
     def _take_token(self):
-        """Wait for this thread's request slot of the shared rate limit, on an event only an abort or close sets."""
+        """Wait for this thread's slot under the shared rate limit, on the event that only the deadline or close sets."""
         if not self._rate.limited:
             return
-        if self._stopping():
+        if self._stop.is_set():
             raise _Interrupted()
         wait = self._rate.reserve(self._deadline)
         if wait is None:
@@ -456,20 +423,11 @@ class EventSender:
             return None
         return self._replay.settled(item)
 
-    # ---- internals: flush -------------------------------------------------
-
-    def _write_ahead(self):
-        """Write this run's events not delivered yet to the spool (replayed ones are still in their claimed files)."""
-        with self._lock:
-            items = [item for item in sum((worker.pending() for worker in self._workers), self._replay.stranded()) if item.batch is None]
-        items.sort(key=lambda item: item.seq)
-        return _report.write_ahead(self.spool, items, self._note)
-
     def _busy(self, deadline):
         """True while something may still be sent before ``deadline`` (lock held).
 
-        Events for an endpoint that could not be reached at all are not waited for: they go to the spool
-        at once, so that a dead endpoint does not make every run wait for its next probe.
+        Events for an endpoint that could not be reached at all go to the spool at once: a dead endpoint
+        does not make every run wait for its next probe.
         """
         return self._replay.busy() or any(
             worker.queue or worker.current is not None
@@ -486,7 +444,6 @@ class EventSender:
     def _flush(self, timeout, ahead):
         deadline = time.monotonic() + timeout
         with self._lock:
-            self._flush_timeout = timeout
             self._deadline = deadline
             self._changed.notify_all()
             self._wait(deadline, lambda: self._busy(deadline) and not self._closed and not self._cut)
@@ -508,12 +465,12 @@ class EventSender:
                     self._spooled_keys.add(item.change)
             leftovers.sort(key=lambda item: item.seq)
             batches = self._replay.take_open_batches()
-        fallback = 'not delivered within the %.1f s flush timeout' % self._flush_timeout
-        result = _report.store(self.spool, leftovers, batches, ahead, fallback, self._note)
+        result = _report.store(self.spool, leftovers, batches, ahead, 'not delivered within the %.1f s flush timeout' % timeout, self._note)
         with self._lock:
             self._stats.update(spooled=result.spooled_count, lost=result.lost_count, dropped=result.dropped)
-            secrets = self._all_secrets()
-            self._messages.extend(redact(message, secrets) for message in self._refusals.take_messages() + result.messages(self.spool))
+            messages = self._refusals.take_messages()
+        for message in messages + result.messages(self.spool):
+            self._note(message)
         return timed_out, pending + len(stranded)
 
 
