@@ -88,14 +88,12 @@ def sort_held(held, moment):
     for item in held:
         endpoint = item.endpoint
         change = (endpoint.fp, item.key)
-        if item.stuck or change in staying_keys:
-            staying.append(item)
-            staying_keys.add(change)
-        elif endpoint.down_until is None or (not endpoint.probing and endpoint.down_until <= moment):
+        blocked = item.stuck or change in staying_keys
+        if not blocked and (endpoint.down_until is None or (not endpoint.probing and endpoint.down_until <= moment)):
             movable.append(item)
-        else:
-            staying.append(item)
-            staying_keys.add(change)
-            if not endpoint.probing:
-                due = endpoint.down_until if due is None else min(due, endpoint.down_until)
+            continue
+        staying.append(item)
+        staying_keys.add(change)
+        if not blocked and not endpoint.probing:
+            due = endpoint.down_until if due is None else min(due, endpoint.down_until)
     return movable, staying, due

@@ -50,7 +50,7 @@ class Worker:
     def __init__(self):
         self.queue = collections.deque()
         self.held = []          # items waiting for their endpoint or for an earlier item of their change
-        self.blocked = set()    # the changes of the items in held
+        self.blocked = set()    # the changes of the items in held: their later items wait too
         self.current = None     # the item being sent
         self.transport = None   # its transport, to interrupt at the flush deadline
         self.thread = None
@@ -68,10 +68,6 @@ class Worker:
         if not item.stuck and due is not None:
             self.due = due if self.due is None else min(self.due, due)
 
-    def must_wait(self, item):
-        """True when an earlier item of the same change waits."""
-        return item.change in self.blocked
-
     def requeue_ready(self, generation, now):
         """Put back in front of the queue, in order, the held items whose endpoint may be tried again."""
         if not self.held or (self.generation == generation and (self.due is None or now < self.due)):
@@ -88,10 +84,7 @@ class Worker:
         return self.held + list(self.queue) + ([self.current] if self.current is not None and not self.current.abandoned else [])
 
     def take_all(self):
-        """Take every pending() item out, marking the one in flight abandoned; ``(items, how many had not been tried)``.
-
-        An item abandoned by an earlier flush whose thread has not given it back yet is not taken again.
-        """
+        """Take every pending() item out, marking the one in flight abandoned; ``(items, how many had not been tried)``."""
         items = self.pending()
         fresh = len(items) - len(self.held)
         if self.current is not None:

@@ -152,11 +152,8 @@ def write_ahead(spool, items, note):
 
 
 def store(spool, leftovers, batches, ahead, fallback, note):
-    """Spool ``leftovers`` (in order); return a Leftovers that counts them and says what became of them.
-
-    Replayed items go back to their claimed ``batches``, under their old stamp; this run's items to a new batch
-    per endpoint, replacing the batch written ahead for it (``ahead``). ``fallback``: the error of one that never failed.
-    """
+    """Spool ``leftovers`` (in order): replayed items back to their claimed ``batches``, under their old stamp; this
+    run's to a new batch per endpoint, replacing the one written ahead (``ahead``). Returns a Leftovers."""
     result = Leftovers(fallback)
     for batch in batches:
         remaining = [item for item in leftovers if item.batch is batch]

@@ -70,14 +70,14 @@ class _Transport(HttpTransport):
     def __init__(self, stop, endpoint, validate_certs, ca_path):
         super(_Transport, self).__init__(endpoint, validate_certs, ca_path)
         self._stop = stop  # the sender's Event, set when the threads are told to stop
-        self.posts = 0
+        self.item = None   # the Item being sent: counts its attempts
         self.last_problem = None
         self.unreachable = False
 
     def post(self, body, deadline):
         if self._stop.is_set():
             raise TransportError('interrupted at the flush deadline')
-        self.posts += 1
+        self.item.attempts += 1
         try:
             response = super(_Transport, self).post(body, deadline)
         except TransportError as exc:
@@ -102,8 +102,7 @@ class EventSender:
                  retry_pause=DEFAULT_RETRY_PAUSE):
         options = dict(client_options or {})
         self._timeout = float(options.get('timeout') or DEFAULT_TIMEOUT)
-        retries = options.get('retries')
-        self._retries = max(0, int(DEFAULT_RETRIES if retries is None else retries))
+        self._retries = max(0, int(DEFAULT_RETRIES if options.get('retries') is None else options['retries']))
         self._validate_certs = options.get('validate_certs', True) is not False
         self._ca_path = options.get('ca_path')
         self._max_rate = max_rate
@@ -163,10 +162,8 @@ class EventSender:
                 return
             with self._lock:
                 state = self._endpoint(endpoint)
-                if state.replayed:
-                    return
-                state.replayed = True
-            if self.spool.pending(endpoint):
+                done, state.replayed = state.replayed, True
+            if not done and self.spool.pending(endpoint):
                 with self._lock:
                     self._replay.load(state, _start)
         except SpoolError as exc:
@@ -185,10 +182,7 @@ class EventSender:
         self._halt(closing=True)
 
     def cut(self):
-        """Make the flush under way, and every later one, stop waiting and spool what is left at once.
-
-        Safe in a signal handler: it takes no lock (a waiting flush looks every CUT_POLL seconds).
-        """
+        """Make this flush and every later one stop waiting and spool what is left; takes no lock (signal handlers)."""
         self._cut = True
 
     def flush(self, timeout, write_ahead=False):
@@ -305,12 +299,10 @@ class EventSender:
                 self._changed.wait(None if worker.due is None else max(0.01, worker.due - now))
                 continue
             item = worker.queue.popleft()
-            endpoint = item.endpoint
-            if item.change in self._spooled_keys:
-                item.stuck = True
-            admission = None if item.stuck or worker.must_wait(item) else endpoint.admit(now)
+            item.stuck = item.stuck or item.change in self._spooled_keys
+            admission = None if item.stuck or item.change in worker.blocked else item.endpoint.admit(now)
             if admission in (None, WAIT):
-                worker.hold(item, endpoint.last_error if admission else None)
+                worker.hold(item, item.endpoint.last_error if admission else None)
                 held_some = True
                 continue
             if admission == PROBE:
@@ -322,7 +314,6 @@ class EventSender:
     def _send(self, worker, item, probe):
         """Deliver ``item`` (no lock held; a ``probe`` without retries); ``(kind, detail)``, kind one of DELIVERED..."""
         transport = None
-        posts = 0
         try:
             client = worker.clients.get(item.endpoint.fp)
             if client is None:
@@ -331,36 +322,29 @@ class EventSender:
                     item.endpoint.endpoint, timeout=self._timeout, sleep=lambda seconds: self._pause(seconds, transport),
                     transport=transport)
             transport = client.transport
-            posts = transport.posts
-            transport.last_problem = None
+            transport.item, transport.last_problem = item, None
             with self._lock:
                 worker.transport = transport
             self._take_token()
             client.retries = 0 if probe else self._retries
             return DELIVERED, client.send(item.event, deadline=self._deadline, deadline_name='the flush_timeout')
         except _Interrupted as exc:
-            last = transport.last_problem if transport is not None else None
+            last = transport.last_problem
             if not exc.args:
                 return AGAIN, last
             return LATE, '%s (%s)' % (exc.args[0], last) if last else exc.args[0]
         except FlashdutyError as exc:
             if not exc.retryable:
                 return REFUSED, exc
-            if self._stop.is_set():
-                return AGAIN, transport.last_problem if transport is not None else None
-            return TRANSIENT, exc
+            return (AGAIN, getattr(transport, 'last_problem', None)) if self._stop.is_set() else (TRANSIENT, exc)
         except Exception as exc:  # pylint: disable=broad-exception-caught
             # A bug, not the endpoint's fault: report it once for this event and go on with the next.
             return REFUSED, FlashdutyError('internal error while sending: %s: %s' % (type(exc).__name__, exc))
-        finally:
-            if transport is not None:
-                item.attempts += transport.posts - posts
 
     def _pause(self, seconds, transport):
         """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited.
 
-        Once the flush has begun, an endpoint that cannot be reached at all is not tried again: its events
-        are spooled at once rather than waiting out the backoff.
+        Once the flush has begun, an endpoint that cannot be reached at all is not tried again: spooled at once.
         """
         end = time.monotonic() + max(0.0, seconds)
         with self._lock:
@@ -403,8 +387,7 @@ class EventSender:
         if item.abandoned:
             return None  # flush() spooled it already; if it went through after all, the next run sends it again.
         if kind == DELIVERED:
-            self._stats['delivered'] += 1
-            self._stats['replayed'] += item.batch is not None
+            self._stats.update(delivered=1, replayed=int(item.batch is not None))
         elif kind == REFUSED:
             self._stats['failed'] += 1
             self._refusals.add(endpoint, detail, item.event, from_spool=item.batch is not None)
@@ -424,11 +407,8 @@ class EventSender:
         return self._replay.settled(item)
 
     def _busy(self, deadline):
-        """True while something may still be sent before ``deadline`` (lock held).
-
-        Events for an endpoint that could not be reached at all go to the spool at once: a dead endpoint
-        does not make every run wait for its next probe.
-        """
+        """True while something may still be sent before ``deadline`` (lock held); not for an endpoint that could not
+        be reached at all: a dead endpoint does not make every run wait for its next probe."""
         return self._replay.busy() or any(
             worker.queue or worker.current is not None
             or any(not item.endpoint.unreachable for item in sort_held(worker.held, deadline)[0]) for worker in self._workers)
