@@ -15,27 +15,20 @@ __metaclass__ = type
 
 import collections
 import time
+from types import SimpleNamespace
 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import EndpointHealth
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering import Item
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
 
-class Batch:
-    """A spool file claimed for replay, open until each of its events is settled."""
-
-    def __init__(self, spool_batch, endpoint):
-        self.spool_batch, self.endpoint = spool_batch, endpoint     # endpoint: an EndpointHealth
-        self.unsettled = len(spool_batch.records)
-        self.closed = False
-
-
 class ReplayDispatcher:
     """Loads spooled events for replay and keeps their claims alive while they are being sent.
 
-    ``spool``: the Spool. ``changed``: the sender's Condition. ``route(item)`` queues an Item, replayed or
-    submitted behind a replay; ``forget(batch)`` drops a batch another run took over from the queues;
-    ``alive()`` is false once the sender is closed (lock held for the three). ``note(message)`` keeps a warning.
+    ``changed``: the sender's Condition. ``route(item)`` queues an Item, replayed or submitted behind a replay;
+    ``forget(batch)`` drops a batch another run took over; ``alive()``: the sender is not closed (lock held for
+    the three). ``note(message)`` keeps a warning. A batch is a spool file claimed for replay. The sender calls
+    release() without the lock, the other public methods with it held.
     """
 
     def __init__(self, spool, changed, route, forget, note, alive):
@@ -47,7 +40,6 @@ class ReplayDispatcher:
         self._batches = []
         self._next_renewal = 0.0
 
-    # ---- the sender's side, lock held ----
     def busy(self):
         """True while a replay is being loaded, released, or holds submitted events back."""
         return bool(self._inbox or self._dispatching or self._releasing)
@@ -90,7 +82,6 @@ class ReplayDispatcher:
             batch.closed = True
         return batches
 
-    # ---- no lock held ----
     def release(self, batch):
         """Delete the spool file of a batch whose every event was settled."""
         try:
@@ -163,7 +154,8 @@ class ReplayDispatcher:
             if spool_batches and self._renew_interval() is None:
                 self._next_renewal = time.monotonic() + max(1.0, self.spool.lease / 4)
             for spool_batch in spool_batches:
-                batch = Batch(spool_batch, endpoint)
+                # Open until each of its events is settled.
+                batch = SimpleNamespace(spool_batch=spool_batch, endpoint=endpoint, unsettled=len(spool_batch.records), closed=False)
                 self._batches.append(batch)
                 for record in spool_batch.records:
                     self._route(Item(endpoint, record['event'], batch, _number(int, record.get('attempts'), 0),

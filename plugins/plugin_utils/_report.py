@@ -93,8 +93,7 @@ class Leftovers:
     def __init__(self, fallback):
         self.fallback = fallback   # the error of an event that never failed: it ran out of time
         self.stored, self.lost = collections.OrderedDict(), collections.OrderedDict()  # {EndpointHealth: (count, last error)}
-        self.dropped = 0
-        self.spool_problem = None
+        self.dropped, self.spool_problem = 0, None
 
     def spooled(self, endpoint, items):
         self._count(self.stored, endpoint, items)
@@ -133,7 +132,6 @@ def _events(count):
 
 
 def _by_endpoint(items):
-    """``{EndpointHealth: [items]}``, in order."""
     groups = collections.OrderedDict()
     for item in items:
         groups.setdefault(item.endpoint, []).append(item)

@@ -7,11 +7,10 @@
 
 Private to this collection: not a public API, may change without notice.
 
-``submit()`` only queues; daemon threads, started on first use, deliver with FlashdutyClient, each change on
-one thread and in order (``_ordering``), all under one rate limit (``_rate``), leaving an endpoint that is
-down alone until a probe (``_health``). ``flush(timeout)`` waits at most ``timeout`` seconds, interrupting
-retries, backoff sleeps and requests in flight at the deadline, then spools what is left (``_report``).
-Spooled events are replayed by ``_replay``, ahead of what is submitted after.
+``submit()`` only queues; daemon threads, started on first use, deliver with FlashdutyClient, each change on one
+thread and in order (``_ordering``), all under one rate limit (``_rate``), leaving an endpoint that is down alone
+until a probe (``_health``). ``flush(timeout)`` waits at most ``timeout`` seconds, interrupting retries, backoff
+sleeps and requests in flight at the deadline, then spools what is left (``_report``), replayed by ``_replay``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -44,9 +43,8 @@ ABORT_GRACE = 0.25
 # How often a waiting flush looks whether cut() was called: a signal handler may not take a lock.
 CUT_POLL = 0.05
 
-# What became of one attempt, with its detail: the Delivery; the FlashdutyError, not to be tried again; the
-# FlashdutyError after every retry (the endpoint is down); why there was no time left before the flush
-# deadline; the last problem or None (interrupted, to be tried again).
+# What became of one attempt, with its detail: the Delivery; a FlashdutyError not to be tried again; the FlashdutyError
+# after every retry (the endpoint is down); why no time was left before the flush deadline; the last problem or None.
 DELIVERED, REFUSED, TRANSIENT, LATE, AGAIN = 'delivered', 'refused', 'transient', 'late', 'again'
 
 _SENDERS = weakref.WeakSet()
@@ -70,8 +68,7 @@ class _Transport(HttpTransport):
     def __init__(self, stop, endpoint, validate_certs, ca_path):
         super(_Transport, self).__init__(endpoint, validate_certs, ca_path)
         self._stop = stop  # the sender's Event, set when the threads are told to stop
-        self.item = None   # the Item being sent: counts its attempts
-        self.last_problem = None
+        self.item = self.last_problem = None   # the Item being sent, whose attempts this counts, and its last problem
         self.unreachable = False
 
     def post(self, body, deadline):
@@ -105,7 +102,7 @@ class EventSender:
         self._retries = max(0, int(DEFAULT_RETRIES if options.get('retries') is None else options['retries']))
         self._validate_certs = options.get('validate_certs', True) is not False
         self._ca_path = options.get('ca_path')
-        self._max_rate = max_rate
+        self._rate = RateLimiter(max_rate)  # a forked child sends nothing: it keeps the parent's
         self._concurrency = max(1, int(concurrency or 1))
         self.spool = spool
         self._retry_pause = max(0.0, float(retry_pause))
@@ -116,7 +113,6 @@ class EventSender:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
-        self._rate = RateLimiter(self._max_rate)
         self._workers = [Worker() for _index in range(self._concurrency)]
         self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route, forget=self._forget_batch, note=self._note,
                                         alive=lambda: not self._closed)
@@ -144,9 +140,7 @@ class EventSender:
                 return
             if not isinstance(event, dict):
                 raise TypeError('the event must be a dict, not %s' % type(event).__name__)
-            event = dict(event)
-            if isinstance(event.get('labels'), dict):
-                event['labels'] = dict(event['labels'])
+            event = dict(event, labels=dict(event['labels'])) if isinstance(event.get('labels'), dict) else dict(event)
             with self._lock:
                 item = Item(self._endpoint(endpoint), event)
                 if not self._replay.hold_back(item):
@@ -193,13 +187,9 @@ class EventSender:
         """
         started = time.monotonic()
         deadline = started + max(0.0, float(timeout or 0))
-        locked = False
-        while not locked:
-            locked = self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic())))  # pylint: disable=consider-using-with
-            if not locked and (self._cut or time.monotonic() >= deadline):
-                break
-        if not locked:
-            return self._report(started, 0, True)
+        while not self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic()))):  # pylint: disable=consider-using-with
+            if self._cut or time.monotonic() >= deadline:
+                return self._report(started, 0, True)
         pending, timed_out = 0, False
         try:
             ahead = {}
@@ -222,9 +212,8 @@ class EventSender:
 
     def _report(self, started, pending, timed_out):
         with self._lock:
-            counts = dict(self._stats)  # delivered, replayed, failed, spooled, dropped, lost
-        return FlushReport(pending=pending, timed_out=timed_out, elapsed=time.monotonic() - started,
-                           spool=self.spool.path if self.spool is not None else None, **counts)
+            stats = dict(self._stats, pending=pending, timed_out=timed_out)  # with delivered, replayed, failed, spooled, dropped, lost
+        return FlushReport(elapsed=time.monotonic() - started, spool=getattr(self.spool, 'path', None), **stats)
 
     def _note(self, message):
         """Keep a warning, masking every endpoint's secrets in it (lock not held)."""
@@ -281,7 +270,6 @@ class EventSender:
                     client.close()
                 except Exception:  # pylint: disable=broad-exception-caught
                     pass
-            worker.clients = {}
 
     def _next_item(self, worker):
         """Wait for the next item to send (lock held); ``(None, False)`` when the thread should end."""
@@ -378,10 +366,8 @@ class EventSender:
         endpoint = item.endpoint
         if kind in (DELIVERED, REFUSED):
             changed = endpoint.answered(probe)
-        elif kind == TRANSIENT and not item.abandoned:
-            changed = endpoint.failed(detail, probe)
         else:
-            changed = endpoint.interrupted(probe)
+            changed = endpoint.failed(detail, probe) if kind == TRANSIENT and not item.abandoned else endpoint.interrupted(probe)
         if changed:
             self._generation += 1
         if item.abandoned:
