@@ -189,7 +189,7 @@ class EventSender:
         deadline = started + max(0.0, float(timeout or 0))
         while not self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic()))):  # pylint: disable=consider-using-with
             if self._cut or time.monotonic() >= deadline:
-                return self._report(started, 0, True)
+                return self._result(started, 0, True)
         pending, timed_out = 0, False
         try:
             ahead = {}
@@ -208,9 +208,9 @@ class EventSender:
                     self._stop.clear()
                 self._changed.notify_all()
             self._flush_lock.release()
-        return self._report(started, pending, timed_out)
+        return self._result(started, pending, timed_out)
 
-    def _report(self, started, pending, timed_out):
+    def _result(self, started, pending, timed_out):
         with self._lock:
             stats = dict(self._stats, pending=pending, timed_out=timed_out)  # with delivered, replayed, failed, spooled, dropped, lost
         return FlushReport(elapsed=time.monotonic() - started, spool=getattr(self.spool, 'path', None), **stats)
