@@ -19,8 +19,6 @@ __metaclass__ = type
 
 import time
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import redact
-
 # After an event failed with every retry, its endpoint is left alone this long, doubling up to the maximum.
 DEFAULT_RETRY_PAUSE = 5.0
 MAX_RETRY_PAUSE = 60.0
@@ -32,21 +30,14 @@ class EndpointHealth:
     """One Endpoint (``endpoint``) and its health."""
 
     def __init__(self, endpoint, retry_pause=DEFAULT_RETRY_PAUSE, clock=time.monotonic):
-        self.endpoint = endpoint
-        self.fp = endpoint.fingerprint
-        self.masked = endpoint.masked
-        self.secrets = endpoint.secrets
+        self.endpoint, self.fp, self.masked, self.redact = endpoint, endpoint.fingerprint, endpoint.masked, endpoint.redact
         self._clock = clock
-        self.first_pause = retry_pause
-        self.pause = retry_pause
+        self.first_pause = self.pause = retry_pause
         self.down_until = None     # clock time of the next probe while the endpoint is down
         self.probing = False
         self.last_error = None
         self.unreachable = False   # the last failure had no answer at all (refused, unresolvable)
         self.replayed = False      # its spool was queued for replay
-
-    def redact(self, text):
-        return redact(text, self.secrets)
 
     def admit(self, now):
         """SEND (up), PROBE (down and due: the caller sends this one event alone) or WAIT."""
@@ -61,9 +52,15 @@ class EndpointHealth:
         """When a waiting event may next be probed, or None (up, or a probe is under way)."""
         return None if self.probing else self.down_until
 
+    def interrupted(self, probe):
+        """The attempt was cut short (flush deadline, close): a probe is over; True when the state changed."""
+        if probe:
+            self.probing = False
+        return bool(probe)
+
     def answered(self, probe):
         """The endpoint answered (delivered or refused); True when its state changed."""
-        changed = self._probe_over(probe)
+        changed = self.interrupted(probe)
         if self.down_until is not None:
             self.down_until = None
             self.unreachable = False
@@ -73,7 +70,7 @@ class EndpointHealth:
 
     def failed(self, error, probe):
         """A transient failure after every retry (a FlashdutyError); True when its state changed."""
-        changed = self._probe_over(probe)
+        changed = self.interrupted(probe)
         self.last_error = error.reason
         self.unreachable = bool(error.unreachable)
         if self.down_until is None or probe:
@@ -83,38 +80,20 @@ class EndpointHealth:
                 self.pause = min(MAX_RETRY_PAUSE, self.pause * 2)
         return changed
 
-    def interrupted(self, probe):
-        """The attempt was cut short (flush deadline, close): nothing learnt; True when its state changed."""
-        return self._probe_over(probe)
-
-    def _probe_over(self, probe):
-        if probe:
-            self.probing = False
-            return True
-        return False
-
 
 def sort_held(held, moment):
-    """Split held items into those that may be sent at ``moment`` and those that stay; also the next due time.
-
-    Items have ``endpoint`` (an EndpointHealth), ``key`` (the change key) and ``stuck``. An item that stays
-    keeps every later item of its change behind it.
-    """
-    movable = []
-    staying = []
-    staying_keys = set()
-    due = None
+    """``(movable, staying, next due time)``: held items (``endpoint``, ``key``, ``stuck``) that may be sent at
+    ``moment``, and those that stay, each keeping every later item of its change behind it."""
+    movable, staying, staying_keys, due = [], [], set(), None
     for item in held:
         endpoint = item.endpoint
         change = (endpoint.fp, item.key)
-        if item.stuck or change in staying_keys:
-            staying.append(item)
-            staying_keys.add(change)
-        elif endpoint.down_until is None or (not endpoint.probing and endpoint.down_until <= moment):
+        blocked = item.stuck or change in staying_keys
+        if not blocked and (endpoint.down_until is None or (not endpoint.probing and endpoint.down_until <= moment)):
             movable.append(item)
-        else:
-            staying.append(item)
-            staying_keys.add(change)
-            if not endpoint.probing:
-                due = endpoint.down_until if due is None else min(due, endpoint.down_until)
+            continue
+        staying.append(item)
+        staying_keys.add(change)
+        if not blocked and not endpoint.probing:
+            due = endpoint.down_until if due is None else min(due, endpoint.down_until)
     return movable, staying, due

@@ -28,13 +28,9 @@ class Item:
 
     def __init__(self, endpoint, event, batch=None, attempts=0, first_failure=None, last_error=None):
         self.seq = 0
-        self.endpoint = endpoint
+        self.endpoint, self.event, self.batch = endpoint, event, batch
         self.key = '%s' % (event.get('change_key'),)
-        self.event = event
-        self.batch = batch
-        self.attempts = attempts
-        self.first_failure = first_failure
-        self.last_error = last_error
+        self.attempts, self.first_failure, self.last_error = attempts, first_failure, last_error
         self.stuck = False      # not to be tried again before the next flush spools it
         self.abandoned = False  # taken by flush() while its thread was still sending it
 
@@ -51,11 +47,10 @@ class Item:
 class Worker:
     """One sending thread's queues: what it will send, in order, and what waits."""
 
-    def __init__(self, index):
-        self.index = index
+    def __init__(self):
         self.queue = collections.deque()
         self.held = []          # items waiting for their endpoint or for an earlier item of their change
-        self.blocked = set()    # the changes of the items in held
+        self.blocked = set()    # the changes of the items in held: their later items wait too
         self.current = None     # the item being sent
         self.transport = None   # its transport, to interrupt at the flush deadline
         self.thread = None
@@ -73,10 +68,6 @@ class Worker:
         if not item.stuck and due is not None:
             self.due = due if self.due is None else min(self.due, due)
 
-    def must_wait(self, item):
-        """True when an earlier item of the same change waits."""
-        return item.change in self.blocked
-
     def requeue_ready(self, generation, now):
         """Put back in front of the queue, in order, the held items whose endpoint may be tried again."""
         if not self.held or (self.generation == generation and (self.due is None or now < self.due)):
@@ -90,24 +81,14 @@ class Worker:
 
     def pending(self):
         """Every item not delivered yet: held, queued and in flight (unless flush() took it)."""
-        items = list(self.held)
-        items.extend(self.queue)
-        if self.current is not None and not self.current.abandoned:
-            items.append(self.current)
-        return items
+        return self.held + list(self.queue) + ([self.current] if self.current is not None and not self.current.abandoned else [])
 
     def take_all(self):
-        """Take every item out, marking the one in flight abandoned; ``(items, how many had not been tried)``.
-
-        An item abandoned by an earlier flush whose thread has not given it back yet is not taken again.
-        """
-        items = list(self.held)
-        fresh = len(self.queue)
-        items.extend(self.queue)
-        if self.current is not None and not self.current.abandoned:
+        """Take every pending() item out, marking the one in flight abandoned; ``(items, how many had not been tried)``."""
+        items = self.pending()
+        fresh = len(items) - len(self.held)
+        if self.current is not None:
             self.current.abandoned = True
-            fresh += 1
-            items.append(self.current)
         self.held, self.blocked, self.queue, self.due = [], set(), collections.deque(), None
         return items, fresh
 

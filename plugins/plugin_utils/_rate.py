@@ -20,34 +20,26 @@ MAX_BURST = 5
 
 
 class RateLimiter:
-    """A token bucket kept as one number (GCRA): at most ``max_rate`` requests per second, small bursts allowed.
+    """A token bucket kept as one number (GCRA): at most ``max_rate`` requests per second (0 or None: no limit).
 
-    ``max_rate`` 0 or None: no limit. Threads reserve their slot and then sleep on their own, so that no
-    thread is woken for another's request.
+    Threads reserve their slot and then sleep on their own, so that no thread is woken for another's request.
     """
 
     def __init__(self, max_rate, clock=time.monotonic):
         self._clock = clock
         self._lock = threading.Lock()
         self._tat = 0.0  # theoretical arrival time of the next request
-        if max_rate and float(max_rate) > 0:
-            self.interval = 1.0 / float(max_rate)
-            burst = max(1, min(MAX_BURST, int(float(max_rate) / 10)))
-            self._tolerance = self.interval * (burst - 1)
-        else:
-            self.interval = None
-            self._tolerance = 0.0
+        self.interval = 1.0 / float(max_rate) if max_rate and float(max_rate) > 0 else None
+        burst = max(1, min(MAX_BURST, int(float(max_rate) / 10))) if self.interval else 1
+        self._tolerance = (burst - 1) * (self.interval or 0.0)
 
     @property
     def limited(self):
         return self.interval is not None
 
     def reserve(self, deadline=None):
-        """Reserve the next request slot; return the seconds to wait for it (0 for now), or None.
-
-        None means the slot comes after ``deadline`` (a clock value): nothing was reserved.
-        """
-        if self.interval is None:
+        """Reserve the next request slot; the seconds to wait for it, or None (after ``deadline``: nothing reserved)."""
+        if not self.limited:
             return 0.0
         with self._lock:
             now = self._clock()
@@ -58,7 +50,3 @@ class RateLimiter:
             self._tat = slot + self.interval
         return max(0.0, start - now)
 
-    def reset(self):
-        """Forget past reservations (in a forked child, whose parent keeps its own)."""
-        self._lock = threading.Lock()
-        self._tat = 0.0

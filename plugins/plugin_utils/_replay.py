@@ -5,10 +5,8 @@
 
 """Replaying the spool: claimed spool files, loaded on their own thread, ahead of what is submitted after.
 
-Private to this collection: not a public API, may change without notice.
-
-The dispatcher shares the sender's lock (``changed``, a Condition): its state is part of what a flush waits
-for. Methods marked "lock held" are called with it held; the others take it.
+Private to this collection: not a public API, may change without notice. The dispatcher shares the sender's
+lock (``changed``, a Condition): its state is part of what a flush waits for.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -17,38 +15,24 @@ __metaclass__ = type
 
 import collections
 import time
+from types import SimpleNamespace
 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import EndpointHealth
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering import Item
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
-
-
-class Batch:
-    """A spool file claimed for replay, open until each of its events is settled."""
-
-    def __init__(self, spool_batch, endpoint):
-        self.spool_batch = spool_batch
-        self.endpoint = endpoint     # an EndpointHealth
-        self.unsettled = len(spool_batch.records)
-        self.closed = False
 
 
 class ReplayDispatcher:
     """Loads spooled events for replay and keeps their claims alive while they are being sent.
 
-    ``spool``: the Spool. ``changed``: the sender's Condition. ``route(endpoint, event, batch, record)``
-    queues one replayed event, and ``route_item(item)`` one submitted event held back behind a replay (lock
-    held for both). ``forget(batch)`` drops a batch another run took over from the queues (lock held).
-    ``note(message)`` keeps a warning. ``alive()`` is false once the sender is closed (lock held).
+    ``changed``: the sender's Condition. ``route(item)`` queues an Item, replayed or submitted behind a replay;
+    ``forget(batch)`` drops a batch another run took over; ``alive()``: the sender is not closed (lock held for
+    the three). ``note(message)`` keeps a warning. A batch is a spool file claimed for replay. The sender calls
+    release() without the lock, the other public methods with it held.
     """
 
-    def __init__(self, spool, changed, route, route_item, forget, note, alive):
-        self.spool = spool
-        self._changed = changed
-        self._route = route
-        self._route_item = route_item
-        self._forget = forget
-        self._note = note
-        self._alive = alive
+    def __init__(self, spool, changed, route, forget, note, alive):
+        self.spool, self._changed, self._route, self._forget, self._note, self._alive = spool, changed, route, forget, note, alive
         self.thread = None
         self._inbox = collections.deque()   # EndpointHealth to load, and items submitted behind them
         self._dispatching = False
@@ -56,18 +40,16 @@ class ReplayDispatcher:
         self._batches = []
         self._next_renewal = 0.0
 
-    # ---- the sender's side (lock held) ----------------------------------------
-
     def busy(self):
         """True while a replay is being loaded, released, or holds submitted events back."""
         return bool(self._inbox or self._dispatching or self._releasing)
 
     def hold_back(self, item):
         """Queue ``item`` behind a replay being loaded; False when there is none (route it yourself)."""
-        if not (self._inbox or self._dispatching):
-            return False
-        self._inbox.append(item)
-        return True
+        if self._inbox or self._dispatching:
+            self._inbox.append(item)
+            return True
+        return False
 
     def load(self, endpoint, start_thread):
         """Queue the spool of ``endpoint`` (an EndpointHealth) for loading; start the thread if needed."""
@@ -82,31 +64,23 @@ class ReplayDispatcher:
         if batch is None or batch.closed:
             return None
         batch.unsettled -= 1
-        if batch.unsettled > 0:
-            return None
-        batch.closed = True
-        self._releasing += 1
-        return batch
+        batch.closed = not batch.unsettled
+        self._releasing += batch.closed
+        return batch if batch.closed else None
 
-    def stranded(self):
-        """Submitted items held back behind a replay, in order."""
-        return [entry for entry in self._inbox if not isinstance(entry, EndpointHealth)]
-
-    def take_stranded(self):
-        """The items of stranded(), taken out; the endpoints to load stay."""
-        stranded = self.stranded()
-        self._inbox = collections.deque(entry for entry in self._inbox if isinstance(entry, EndpointHealth))
+    def stranded(self, take=False):
+        """Submitted items held back behind a replay, in order; ``take``: taken out (the endpoints to load stay)."""
+        stranded = [entry for entry in self._inbox if isinstance(entry, Item)]
+        if take:
+            self._inbox = collections.deque(entry for entry in self._inbox if isinstance(entry, EndpointHealth))
         return stranded
 
     def take_open_batches(self):
         """Every batch still open, closed now: the caller gives their remaining events back to the spool."""
-        batches = [batch for batch in self._batches if not batch.closed]
+        batches, self._batches = self._open(), []
         for batch in batches:
             batch.closed = True
-        self._batches = []
         return batches
-
-    # ---- no lock held ---------------------------------------------------------
 
     def release(self, batch):
         """Delete the spool file of a batch whose every event was settled."""
@@ -144,22 +118,23 @@ class ReplayDispatcher:
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 self._note('Flashduty spool not replayed (internal error): %s' % (exc,))
             with self._changed:
-                if entry is not None and not isinstance(entry, EndpointHealth):
-                    self._route_item(entry)
-                while self._inbox and not isinstance(self._inbox[0], EndpointHealth):
-                    self._route_item(self._inbox.popleft())
+                if isinstance(entry, Item):
+                    self._route(entry)
+                while self._inbox and isinstance(self._inbox[0], Item):
+                    self._route(self._inbox.popleft())
                 self._dispatching = bool(self._inbox)
                 self._changed.notify_all()
 
+    def _open(self):
+        return [batch for batch in self._batches if not batch.closed]
+
     def _renew_interval(self):
         """Seconds between claim renewals while claimed batches are open, else None (lock held)."""
-        if not any(not batch.closed for batch in self._batches):
-            return None
-        return max(1.0, self.spool.lease / 4)
+        return max(1.0, self.spool.lease / 4) if self._open() else None
 
     def _renew_claims(self):
         with self._changed:
-            batches = [batch for batch in self._batches if not batch.closed]
+            batches = self._open()
         for batch in batches:
             if not self.spool.renew(batch.spool_batch):
                 with self._changed:
@@ -179,11 +154,20 @@ class ReplayDispatcher:
             if spool_batches and self._renew_interval() is None:
                 self._next_renewal = time.monotonic() + max(1.0, self.spool.lease / 4)
             for spool_batch in spool_batches:
-                batch = Batch(spool_batch, endpoint)
+                # Open until each of its events is settled.
+                batch = SimpleNamespace(spool_batch=spool_batch, endpoint=endpoint, unsettled=len(spool_batch.records), closed=False)
                 self._batches.append(batch)
                 for record in spool_batch.records:
-                    self._route(endpoint, record['event'], batch, record)
+                    self._route(Item(endpoint, record['event'], batch, _number(int, record.get('attempts'), 0),
+                                     _number(float, record.get('first_failure'), None), record.get('last_error')))
             self._changed.notify_all()
         for spool_batch in spool_batches:
             if not spool_batch.records:
                 self.spool.finish(spool_batch, endpoint.endpoint)
+
+
+def _number(kind, value, default):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return default

@@ -3,12 +3,14 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""What became of the callback's change events: the flush report and the warnings that say so.
+"""What became of the callback's change events: refusals, what a flush spools, the flush report, the warnings.
 
 Private to this collection: not a public API, may change without notice.
 
-Every warning here is built from structured fields (an EndpointHealth's masked URL, a FlashdutyError's
-reason, status_code, code and request_id, counts): nothing is parsed back out of a message.
+Writing ahead keeps a forced stop (a second Ctrl-C, SIGTERM, SIGKILL) from losing events: before the end of
+the run waits, every event not delivered yet is in the spool; after, what is left is spooled as usual and only
+then is the batch written ahead deleted: a process killed in between sends some events twice, never none.
+Warnings are built from structured fields (masked URL, a FlashdutyError's fields, counts), never parsed back.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -19,32 +21,24 @@ import collections
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._client import explain
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import ERROR_HINTS
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
 # Request ids quoted in one refusal warning; the rest of the events it counts are only counted.
 MAX_REQUEST_IDS = 5
+NOT_YET_DELIVERED = 'not delivered yet when the run was stopped'
+FIELDS = ('delivered', 'replayed', 'failed', 'spooled', 'dropped', 'lost', 'pending', 'timed_out', 'elapsed', 'spool')
 
 
-class FlushReport:
-    """What became of the events: counts since the sender was made, plus this flush's own facts.
-
-    ``delivered`` (``replayed`` of them came from the spool), ``failed``
-    (refused for good, not spooled), ``spooled``, ``dropped`` (oldest events
-    removed from a full spool), ``lost`` (neither delivered nor spooled);
-    ``pending`` events were still queued or in flight when this flush's
-    deadline came; ``timed_out``, ``elapsed`` (seconds), ``spool`` (its path or None).
+class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * len(FIELDS))):
+    """Counts since the sender was made: ``delivered`` (``replayed`` of them from the spool), ``failed`` (refused
+    for good), ``spooled``, ``dropped`` (the oldest, from a full spool), ``lost``; and this flush's own facts:
+    ``pending`` (queued or in flight at its deadline), ``timed_out``, ``elapsed`` (seconds), ``spool`` (path or None).
     """
 
-    FIELDS = ('delivered', 'replayed', 'failed', 'spooled', 'dropped', 'lost', 'pending', 'timed_out', 'elapsed', 'spool')
-
-    def __init__(self, **values):
-        for name in self.FIELDS:
-            setattr(self, name, values.get(name, 0))
+    __slots__ = ()
 
     def as_dict(self):
-        return dict((name, getattr(self, name)) for name in self.FIELDS)
-
-    def __repr__(self):
-        return '<FlushReport %s>' % ', '.join('%s=%r' % item for item in self.as_dict().items())
+        return self._asdict()
 
     def summary(self):
         """One line, e.g. ``Flashduty change events: 12 delivered (2 from the spool), 1 refused, 3 spooled; flush 0.4 s``."""
@@ -53,59 +47,37 @@ class FlushReport:
                             (self.lost, 'lost')):
             if count:
                 parts.append('%d %s' % (count, text))
-        tail = 'flush %.1f s' % self.elapsed
-        if self.timed_out:
-            tail += ', timed out with %d pending' % self.pending
+        tail = 'flush %.1f s' % self.elapsed + (', timed out with %d pending' % self.pending if self.timed_out else '')
         return 'Flashduty change events: %s; %s' % (', '.join(parts), tail)
 
 
-class _Refusal:
-    __slots__ = ('endpoint', 'error', 'event', 'from_spool', 'count', 'request_ids')
-
-    def __init__(self, endpoint, error, event, from_spool):
-        self.endpoint = endpoint
-        self.error = error          # the first refusal's FlashdutyError: its reason and code stand for all
-        self.event = event
-        self.from_spool = from_spool
-        self.count = 0
-        self.request_ids = []
-
-
 class Refusals:
-    """Events Flashduty refused for good, by endpoint and kind of refusal (HTTP status and Flashduty code).
-
-    Counted as they come, in the order of the first of each kind; said once, in one warning per kind and
-    endpoint, when the run ends (take_messages()).
-    """
+    """Events refused for good, by endpoint and kind (HTTP status, Flashduty code): one warning each at take_messages()."""
 
     def __init__(self):
         self._kinds = collections.OrderedDict()
 
     def add(self, endpoint, error, event, from_spool=False):
-        """One refused ``event`` for ``endpoint`` (an EndpointHealth), with ``error`` (a FlashdutyError)."""
-        kind = (endpoint.fp, error.status_code, error.code)
-        refusal = self._kinds.get(kind)
-        if refusal is None:
-            refusal = self._kinds[kind] = _Refusal(endpoint, error, event, from_spool)
-        refusal.count += 1
-        if error.request_id and len(refusal.request_ids) < MAX_REQUEST_IDS:
-            refusal.request_ids.append(error.request_id)
+        """One refused ``event`` for ``endpoint`` (an EndpointHealth); the first ``error`` of a kind stands for all."""
+        refusal = self._kinds.setdefault((endpoint.fp, error.status_code, error.code),
+                                         dict(endpoint=endpoint, error=error, event=event, from_spool=from_spool, ids=[], count=0))
+        refusal['count'] += 1
+        if error.request_id and len(refusal['ids']) < MAX_REQUEST_IDS:
+            refusal['ids'].append(error.request_id)
 
     def take_messages(self):
         """One warning per kind of refusal and endpoint since the last call (unredacted: the caller redacts)."""
         refusals, self._kinds = list(self._kinds.values()), collections.OrderedDict()
-        return [refusal_message(refusal) for refusal in refusals]
+        return [_refusal_message(**refusal) for refusal in refusals]
 
 
-def refusal_message(refusal):
-    endpoint, error = refusal.endpoint, refusal.error
-    if refusal.count == 1:
-        origin = ' (from the spool)' if refusal.from_spool else ''
+def _refusal_message(endpoint, error, event, from_spool, ids, count):
+    if count == 1:
         return 'Flashduty did not accept the %s event of change %s%s at %s: %s' % (
-            refusal.event.get('change_status'), refusal.event.get('change_key'), origin, endpoint.masked, explain(error))
-    text = 'Flashduty refused %s at %s: %s' % (events_phrase(refusal.count), endpoint.masked, error.reason)
-    ids = refusal.request_ids
-    if len(ids) == refusal.count:
+            event.get('change_status'), event.get('change_key'), ' (from the spool)' if from_spool else '', endpoint.masked,
+            explain(error))
+    text = 'Flashduty refused %s at %s: %s' % (_events(count), endpoint.masked, error.reason)
+    if len(ids) == count:
         text += ' (request_ids: %s)' % ', '.join(ids)
     elif len(ids) == 1:
         text += ' (request_id of the first: %s)' % ids[0]
@@ -120,51 +92,89 @@ class Leftovers:
 
     def __init__(self, fallback):
         self.fallback = fallback   # the error of an event that never failed: it ran out of time
-        self.stored = collections.OrderedDict()
-        self.lost = collections.OrderedDict()
-        self.dropped = 0
-        self.spool_problem = None
+        self.stored, self.lost = collections.OrderedDict(), collections.OrderedDict()  # {EndpointHealth: (count, last error)}
+        self.dropped, self.spool_problem = 0, None
 
     def spooled(self, endpoint, items):
-        _count_into(self.stored, endpoint, items, self.fallback)
+        self._count(self.stored, endpoint, items)
 
     def not_spooled(self, endpoint, items, problem=None):
-        _count_into(self.lost, endpoint, items, self.fallback)
+        self._count(self.lost, endpoint, items)
         if problem is not None:
             self.spool_problem = problem
 
-    @property
-    def spooled_count(self):
-        return sum(count for count, _error in self.stored.values())
+    def _count(self, table, endpoint, items):
+        """``table[endpoint]`` = (count, the last error among ``items`` or before)."""
+        if items:
+            count, error = table.get(endpoint, (0, None))
+            last = [item.last_error for item in items if item.last_error]
+            table[endpoint] = (count + len(items), last[-1] if last else error or self.fallback)
 
-    @property
-    def lost_count(self):
-        return sum(count for count, _error in self.lost.values())
+    spooled_count = property(lambda self: sum(count for count, _error in self.stored.values()))
+    lost_count = property(lambda self: sum(count for count, _error in self.lost.values()))
 
     def messages(self, spool):
         """One warning per endpoint and fate (``spool``: the Spool, or None), and one about dropped events."""
-        messages = []
-        for endpoint, (count, error) in self.stored.items():
-            messages.append('%s could not be delivered to %s: %s; %s spooled in %s and will be sent by the next run' % (
-                events_phrase(count), endpoint.masked, error, 'it is' if count == 1 else 'they are', spool.path))
-        for endpoint, (count, error) in self.lost.items():
-            where = 'no spool is configured' if spool is None else 'the spool failed: %s' % self.spool_problem
-            messages.append('%s could not be delivered to %s: %s; %s lost (%s)' % (
-                events_phrase(count), endpoint.masked, error, 'it is' if count == 1 else 'they are', where))
+        where = 'no spool is configured' if spool is None else 'the spool failed: %s' % self.spool_problem
+        messages = ['%s could not be delivered to %s: %s; %s %s' % (
+            _events(count), endpoint.masked, error, 'it is' if count == 1 else 'they are', fate)
+            for table, fate in ((self.stored, 'spooled in %s and will be sent by the next run' % getattr(spool, 'path', None)),
+                                (self.lost, 'lost (%s)' % where))
+            for endpoint, (count, error) in table.items()]
         if self.dropped:
             messages.append('the Flashduty spool %s holds at most %d change events: the %d oldest were dropped'
                             % (spool.path, spool.max_events, self.dropped))
         return messages
 
 
-def _count_into(table, endpoint, items, fallback):
-    """Add ``items`` to ``table[endpoint]`` = (count, the last error among them or before)."""
-    if not items:
-        return
-    count, error = table.get(endpoint, (0, None))
-    last = [item.last_error for item in items if item.last_error]
-    table[endpoint] = (count + len(items), last[-1] if last else error or fallback)
-
-
-def events_phrase(count):
+def _events(count):
     return '1 change event' if count == 1 else '%d change events' % count
+
+
+def _by_endpoint(items):
+    groups = collections.OrderedDict()
+    for item in items:
+        groups.setdefault(item.endpoint, []).append(item)
+    return groups
+
+
+def write_ahead(spool, items, note):
+    """Write this run's ``items`` (in order) to ``spool`` now; ``{EndpointHealth: stamp}`` of what was written."""
+    written = {}
+    for endpoint, group in _by_endpoint(items).items():
+        try:
+            written[endpoint] = spool.write_ahead(endpoint.endpoint, [item.record(NOT_YET_DELIVERED) for item in group])
+        except (SpoolError, OSError) as exc:
+            note(endpoint.redact('Flashduty spool: cannot write the events not delivered yet: %s' % (exc,)))
+    return written
+
+
+def store(spool, leftovers, batches, ahead, fallback, note):
+    """Spool ``leftovers`` (in order): replayed items back to their claimed ``batches``, under their old stamp; this
+    run's to a new batch per endpoint, replacing the one written ahead (``ahead``). Returns a Leftovers."""
+    result = Leftovers(fallback)
+    for batch in batches:
+        remaining = [item for item in leftovers if item.batch is batch]
+        try:
+            result.dropped += spool.finish(batch.spool_batch, batch.endpoint.endpoint, [item.record(fallback) for item in remaining])
+            result.spooled(batch.endpoint, remaining)
+        except (SpoolError, OSError) as exc:
+            result.not_spooled(batch.endpoint, remaining, '%s' % exc)
+    own = _by_endpoint(item for item in leftovers if item.batch is None)
+    for endpoint in ahead:
+        own.setdefault(endpoint, [])
+    for endpoint, items in own.items():
+        if spool is None:
+            result.not_spooled(endpoint, items)
+            continue
+        try:
+            result.dropped += spool.write(endpoint.endpoint, [item.record(fallback) for item in items], replacing=ahead.get(endpoint))
+        except (SpoolError, OSError) as exc:
+            if endpoint not in ahead:
+                result.not_spooled(endpoint, items, '%s' % exc)
+                continue
+            # Still in the batch written ahead, with those delivered since: sent again rather than lost.
+            note(endpoint.redact('Flashduty spool: events delivered at the end of this run may be sent again by the next: %s'
+                                 % (exc,)))
+        result.spooled(endpoint, items)
+    return result

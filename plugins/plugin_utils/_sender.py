@@ -7,21 +7,10 @@
 
 Private to this collection: not a public API, may change without notice.
 
-``EventSender.submit()`` only appends to an in-memory queue; daemon threads,
-started on first use, deliver with the shared FlashdutyClient. Events for one
-``(endpoint, change_key)`` always go to the same thread, so they arrive in the
-order they were submitted. One token bucket (``_rate``) keeps all threads under
-``max_rate`` requests per second (retries included). ``flush(timeout)`` waits
-at most ``timeout`` seconds, interrupting retries, backoff sleeps and even a
-request in progress at the deadline, then writes what is left to the Spool;
-with ``write_ahead`` it first writes everything not yet delivered to the spool,
-so that a process killed during the wait loses nothing.
-
-An endpoint whose event failed after all retries is down (``_health``): its
-events wait, in order, for a probe. An event that could not be delivered keeps
-every later event of its change behind it, into the spool if it comes to that.
-Spooled events are replayed by ``_replay``; what became of the events is said
-by ``_report``.
+``submit()`` only queues; daemon threads, started on first use, deliver with FlashdutyClient, each change on one
+thread and in order (``_ordering``), all under one rate limit (``_rate``), leaving an endpoint that is down alone
+until a probe (``_health``). ``flush(timeout)`` waits at most ``timeout`` seconds, interrupting retries, backoff
+sleeps and requests in flight at the deadline, then spools what is left (``_report``), replayed by ``_replay``.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -29,15 +18,17 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import itertools
 import os
 import threading
 import time
 import weakref
 import zlib
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import redact
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _leftovers
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._courier import AGAIN, DELIVERED, REFUSED, TRANSIENT, Courier
+from ansible_collections.flashcat.flashduty.plugins.module_utils._client import FlashdutyClient
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import DEFAULT_RETRIES, DEFAULT_TIMEOUT, FlashdutyError, redact
+from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, TransportError
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _report
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import DEFAULT_RETRY_PAUSE, PROBE, WAIT, EndpointHealth, sort_held
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering import Item, Worker
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._rate import RateLimiter
@@ -45,14 +36,16 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._replay import 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._report import FlushReport, Refusals
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
-__all__ = ('EventSender', 'FlushReport')
-
 DEFAULT_MAX_RATE = 40.0
 DEFAULT_CONCURRENCY = 8  # enough to keep max_rate at 40/s with round trips of 200 ms
 # How long flush() waits, after its deadline, for threads to give back what they were sending.
 ABORT_GRACE = 0.25
 # How often a waiting flush looks whether cut() was called: a signal handler may not take a lock.
 CUT_POLL = 0.05
+
+# What became of one attempt, with its detail: the Delivery; a FlashdutyError not to be tried again; the FlashdutyError
+# after every retry (the endpoint is down); why no time was left before the flush deadline; the last problem or None.
+DELIVERED, REFUSED, TRANSIENT, LATE, AGAIN = 'delivered', 'refused', 'transient', 'late', 'again'
 
 _SENDERS = weakref.WeakSet()
 
@@ -62,27 +55,57 @@ def _after_fork_in_child():
         sender._forked()  # pylint: disable=protected-access
 
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Interrupted(Exception):
+    """Raised in a sending thread to stop waiting: with a reason at the flush deadline, without at abort or close."""
+
+
+class _Transport(HttpTransport):
+    """The client's HTTP transport, refusing to post once the threads are told to stop, and keeping its last problem."""
+
+    def __init__(self, stop, endpoint, validate_certs, ca_path):
+        super(_Transport, self).__init__(endpoint, validate_certs, ca_path)
+        self._stop = stop  # the sender's Event, set when the threads are told to stop
+        self.item = self.last_problem = None   # the Item being sent, whose attempts this counts, and its last problem
+        self.unreachable = False
+
+    def post(self, body, deadline):
+        if self._stop.is_set():
+            raise TransportError('interrupted at the flush deadline')
+        self.item.attempts += 1
+        try:
+            response = super(_Transport, self).post(body, deadline)
+        except TransportError as exc:
+            self.unreachable = exc.unreachable
+            if not self._stop.is_set():  # not the failure our own interrupt caused
+                self.last_problem = exc.reason
+            raise
+        self.unreachable = False
+        if response.status >= 300:
+            self.last_problem = 'HTTP %d' % response.status
+        return response
 
 
 class EventSender:
-    """Delivers change events off the caller's thread; see the module documentation.
+    """Delivers change events off the caller's thread. No method raises, and only flush() blocks.
 
-    ``client_options``: ``timeout``, ``retries``, ``validate_certs``,
-    ``ca_path`` for FlashdutyClient. ``max_rate``: requests per second over
-    all threads and endpoints (0 or None: no limit). ``concurrency``: sending
-    threads. ``spool``: a Spool, or None to only warn about what is left.
-    No method raises, and only flush() blocks.
+    ``client_options``: ``timeout``, ``retries``, ``validate_certs``, ``ca_path`` for FlashdutyClient. ``max_rate``:
+    requests per second over all threads and endpoints (0 or None: no limit). ``spool``: a Spool, or None.
     """
 
     def __init__(self, client_options=None, max_rate=DEFAULT_MAX_RATE, concurrency=DEFAULT_CONCURRENCY, spool=None,
                  retry_pause=DEFAULT_RETRY_PAUSE):
-        self._client_options = dict(client_options or {})
+        options = dict(client_options or {})
+        self._timeout = float(options.get('timeout') or DEFAULT_TIMEOUT)
+        self._retries = max(0, int(DEFAULT_RETRIES if options.get('retries') is None else options['retries']))
+        self._validate_certs = options.get('validate_certs', True) is not False
+        self._ca_path = options.get('ca_path')
+        self._rate = RateLimiter(max_rate)  # a forked child sends nothing: it keeps the parent's
         self._concurrency = max(1, int(concurrency or 1))
         self.spool = spool
         self._retry_pause = max(0.0, float(retry_pause))
-        self._rate = RateLimiter(max_rate)
         self._setup()
         _SENDERS.add(self)
 
@@ -90,42 +113,34 @@ class EventSender:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
-        self._workers = [Worker(index) for index in range(self._concurrency)]
-        self._courier = Courier(self._changed, self._rate, self._client_options)
-        self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route_record, route_item=self._route,
-                                        forget=self._forget_batch, note=self._note_redacted, alive=self._alive)
-        self._flush_timeout = 0.0
+        self._workers = [Worker() for _index in range(self._concurrency)]
+        self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route, forget=self._forget_batch, note=self._note,
+                                        alive=lambda: not self._closed)
         self._endpoints = {}
         self._spooled_keys = set()          # changes with an event in the spool: the rest follow it there
         self._refusals = Refusals()
         self._messages = []
-        self._sequence = 0
-        self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
-        self._cut = False                   # cut(): every flush from now on stops waiting at once
-        self._inert = False
         self._stats = collections.Counter()
-        self._rate.reset()
+        self._sequence = itertools.count(1)
+        self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
+        self._deadline = None               # the flush deadline (a time.monotonic() value) while a flush waits
+        self._closed = False
+        self._stop = threading.Event()      # set at close and at the flush deadline: the threads stop now
+        self._cut = False                   # cut(): every flush from now on stops waiting at once
 
     def _forked(self):
         """In a forked child: fresh locks, no threads, and nothing to do (the parent delivers)."""
         self._setup()
-        self._inert = True
-
-    def _alive(self):
-        return not (self._courier.closed or self._inert)
-
-    # ---- caller side --------------------------------------------------
+        self._closed = True
 
     def submit(self, endpoint, event):
         """Queue one event for ``endpoint`` (an Endpoint); returns at once and never raises."""
         try:
-            if self._inert or self._courier.closed:
+            if self._closed:
                 return
             if not isinstance(event, dict):
                 raise TypeError('the event must be a dict, not %s' % type(event).__name__)
-            event = dict(event)
-            if isinstance(event.get('labels'), dict):
-                event['labels'] = dict(event['labels'])
+            event = dict(event, labels=dict(event['labels'])) if isinstance(event.get('labels'), dict) else dict(event)
             with self._lock:
                 item = Item(self._endpoint(endpoint), event)
                 if not self._replay.hold_back(item):
@@ -137,17 +152,14 @@ class EventSender:
     def replay(self, endpoint):
         """Queue the spooled events for ``endpoint`` ahead of anything submitted after; once per endpoint."""
         try:
-            if self._inert or self._courier.closed or self.spool is None:
+            if self._closed or self.spool is None:
                 return
             with self._lock:
                 state = self._endpoint(endpoint)
-                if state.replayed:
-                    return
-                state.replayed = True
-            if not self.spool.pending(endpoint):
-                return
-            with self._lock:
-                self._replay.load(state, self._start)
+                done, state.replayed = state.replayed, True
+            if not done and self.spool.pending(endpoint):
+                with self._lock:
+                    self._replay.load(state, _start)
         except SpoolError as exc:
             self._note('Flashduty spool not replayed: %s' % exc.message)
         except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -161,18 +173,10 @@ class EventSender:
 
     def close(self):
         """Stop the threads without waiting; what is still queued is neither sent nor spooled."""
-        with self._lock:
-            self._courier.close()
-            transports = [worker.transport for worker in self._workers if worker.transport is not None]
-            self._changed.notify_all()
-        for transport in transports:
-            transport.interrupt()
+        self._halt(closing=True)
 
     def cut(self):
-        """Make the flush under way, and every later one, stop waiting and spool what is left at once.
-
-        Safe in a signal handler: it takes no lock (a waiting flush looks every CUT_POLL seconds).
-        """
+        """Make this flush and every later one stop waiting and spool what is left; takes no lock (signal handlers)."""
         self._cut = True
 
     def flush(self, timeout, write_ahead=False):
@@ -182,54 +186,39 @@ class EventSender:
         delivered afterwards, so that nothing is lost if the process is killed while this waits.
         """
         started = time.monotonic()
-        timeout = max(0.0, float(timeout or 0))
-        if self._inert or not self._acquire_flush_lock(started + timeout):
-            return self._report(started, 0, True)
-        pending = 0
-        timed_out = False
+        deadline = started + max(0.0, float(timeout or 0))
+        while not self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic()))):  # pylint: disable=consider-using-with
+            if self._cut or time.monotonic() >= deadline:
+                return self._result(started, 0, True)
+        pending, timed_out = 0, False
         try:
-            ahead = self._write_ahead() if write_ahead and self.spool is not None else {}
-            timed_out, pending = self._flush(max(0.0, timeout - (time.monotonic() - started)), ahead)
+            ahead = {}
+            if write_ahead and self.spool is not None:  # this run's events: replayed ones are still in their claimed files
+                with self._lock:
+                    items = [item for item in sum((worker.pending() for worker in self._workers), self._replay.stranded())
+                             if item.batch is None]
+                ahead = _report.write_ahead(self.spool, sorted(items, key=lambda item: item.seq), self._note)
+            timed_out, pending = self._flush(max(0.0, deadline - time.monotonic()), ahead)
         except Exception as exc:  # pylint: disable=broad-exception-caught
-            self._note_redacted('Flashduty change events: flush failed (internal error): %s' % (exc,))
+            self._note('Flashduty change events: flush failed (internal error): %s' % (exc,))
         finally:
             with self._lock:
-                self._courier.resume()
+                self._deadline = None
+                if not self._closed:
+                    self._stop.clear()
                 self._changed.notify_all()
             self._flush_lock.release()
-        return self._report(started, pending, timed_out)
+        return self._result(started, pending, timed_out)
 
-    def _acquire_flush_lock(self, deadline):
-        while True:
-            if self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic()))):  # pylint: disable=consider-using-with
-                return True
-            if self._cut or time.monotonic() >= deadline:
-                return False
-
-    def _report(self, started, pending, timed_out):
+    def _result(self, started, pending, timed_out):
         with self._lock:
-            stats = dict(self._stats)
-        return FlushReport(delivered=stats.get('delivered', 0), replayed=stats.get('replayed', 0), failed=stats.get('failed', 0),
-                           spooled=stats.get('spooled', 0), dropped=stats.get('dropped', 0), lost=stats.get('lost', 0),
-                           pending=pending, timed_out=timed_out, elapsed=time.monotonic() - started,
-                           spool=self.spool.path if self.spool is not None else None)
-
-    # ---- internals: routing ---------------------------------------------
+            stats = dict(self._stats, pending=pending, timed_out=timed_out)  # with delivered, replayed, failed, spooled, dropped, lost
+        return FlushReport(elapsed=time.monotonic() - started, spool=getattr(self.spool, 'path', None), **stats)
 
     def _note(self, message):
+        """Keep a warning, masking every endpoint's secrets in it (lock not held)."""
         with self._lock:
-            self._messages.append(message)
-
-    def _note_redacted(self, message):
-        """Keep a warning whose text may hold any endpoint's secrets."""
-        with self._lock:
-            self._messages.append(redact(message, self._all_secrets()))
-
-    def _all_secrets(self):
-        secrets = []
-        for endpoint in list(self._endpoints.values()):
-            secrets.extend(endpoint.secrets)
-        return secrets
+            self._messages.append(redact(message, [secret for state in self._endpoints.values() for secret in state.endpoint.secrets]))
 
     def _endpoint(self, endpoint):
         state = self._endpoints.get(endpoint.fingerprint)
@@ -239,32 +228,27 @@ class EventSender:
 
     def _route(self, item):
         """Give an item its sequence number and its thread (lock held)."""
-        self._sequence += 1
-        item.seq = self._sequence
+        item.seq = next(self._sequence)
         index = zlib.crc32(('%s\0%s' % (item.endpoint.fp, item.key)).encode('utf-8', 'surrogatepass')) % self._concurrency
         worker = self._workers[index]
         worker.queue.append(item)
-        if worker.thread is None and not self._courier.closed:
-            worker.thread = self._start(self._work, 'flashduty-sender-%d' % index, worker)
-
-    def _route_record(self, endpoint, event, batch, record):
-        """Queue one replayed spool record (lock held)."""
-        self._route(Item(endpoint, event, batch=batch, attempts=_int(record.get('attempts')),
-                         first_failure=_float(record.get('first_failure')), last_error=record.get('last_error')))
+        if worker.thread is None and not self._closed:
+            worker.thread = _start(self._work, 'flashduty-sender-%d' % index, worker)
 
     def _forget_batch(self, batch):
         """Another run took this batch over: drop its events from the queues (lock held)."""
         for worker in self._workers:
             worker.forget(batch)
 
-    @staticmethod
-    def _start(target, name, *args):
-        thread = threading.Thread(target=target, name=name, args=args)
-        thread.daemon = True  # a non-daemon thread would keep ansible-playbook from exiting
-        thread.start()
-        return thread
-
-    # ---- internals: the sending threads -----------------------------------
+    def _halt(self, closing):
+        """Make every thread stop now, interrupting requests in flight: closing, or at the flush deadline."""
+        with self._lock:
+            self._closed = self._closed or closing
+            self._stop.set()
+            transports = [worker.transport for worker in self._workers if worker.transport is not None]
+            self._changed.notify_all()
+        for transport in transports:
+            transport.interrupt()
 
     def _work(self, worker):
         try:
@@ -273,11 +257,10 @@ class EventSender:
                     item, probe = self._next_item(worker)
                     if item is None:
                         return
-                outcome = self._courier.send(worker, item, probe)
+                kind, detail = self._send(worker, item, probe)
                 with self._lock:
-                    finished = self._settle(worker, item, probe, outcome)
-                    worker.current = None
-                    worker.transport = None
+                    finished = self._settle(worker, item, probe, kind, detail)
+                    worker.current = worker.transport = None
                     self._changed.notify_all()
                 if finished is not None:
                     self._replay.release(finished)
@@ -287,15 +270,12 @@ class EventSender:
                     client.close()
                 except Exception:  # pylint: disable=broad-exception-caught
                     pass
-            worker.clients = {}
 
     def _next_item(self, worker):
         """Wait for the next item to send (lock held); ``(None, False)`` when the thread should end."""
         held_some = False
-        while True:
-            if self._courier.closed or self._inert:
-                return None, False
-            if self._courier.aborted:
+        while not self._closed:
+            if self._stop.is_set():  # until the flush is over
                 self._changed.wait()
                 continue
             now = time.monotonic()
@@ -307,44 +287,93 @@ class EventSender:
                 self._changed.wait(None if worker.due is None else max(0.01, worker.due - now))
                 continue
             item = worker.queue.popleft()
-            endpoint = item.endpoint
-            if item.change in self._spooled_keys:
-                item.stuck = True
-            if item.stuck or worker.must_wait(item):
-                worker.hold(item)
-                held_some = True
-                continue
-            admission = endpoint.admit(now)
-            if admission == WAIT:
-                worker.hold(item, endpoint.last_error)
+            item.stuck = item.stuck or item.change in self._spooled_keys
+            admission = None if item.stuck or item.change in worker.blocked else item.endpoint.admit(now)
+            if admission in (None, WAIT):
+                worker.hold(item, item.endpoint.last_error if admission else None)
                 held_some = True
                 continue
             if admission == PROBE:
                 self._generation += 1
             worker.current = item
             return item, admission == PROBE
+        return None, False
 
-    def _settle(self, worker, item, probe, outcome):
+    def _send(self, worker, item, probe):
+        """Deliver ``item`` (no lock held; a ``probe`` without retries); ``(kind, detail)``, kind one of DELIVERED..."""
+        transport = None
+        try:
+            client = worker.clients.get(item.endpoint.fp)
+            if client is None:
+                transport = _Transport(self._stop, item.endpoint.endpoint, self._validate_certs, self._ca_path)
+                client = worker.clients[item.endpoint.fp] = FlashdutyClient(
+                    item.endpoint.endpoint, timeout=self._timeout, sleep=lambda seconds: self._pause(seconds, transport),
+                    transport=transport)
+            transport = client.transport
+            transport.item, transport.last_problem = item, None
+            with self._lock:
+                worker.transport = transport
+            self._take_token()
+            client.retries = 0 if probe else self._retries
+            return DELIVERED, client.send(item.event, deadline=self._deadline, deadline_name='the flush_timeout')
+        except _Interrupted as exc:
+            last = transport.last_problem
+            if not exc.args:
+                return AGAIN, last
+            return LATE, '%s (%s)' % (exc.args[0], last) if last else exc.args[0]
+        except FlashdutyError as exc:
+            if not exc.retryable:
+                return REFUSED, exc
+            return (AGAIN, getattr(transport, 'last_problem', None)) if self._stop.is_set() else (TRANSIENT, exc)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # A bug, not the endpoint's fault: report it once for this event and go on with the next.
+            return REFUSED, FlashdutyError('internal error while sending: %s: %s' % (type(exc).__name__, exc))
+
+    def _pause(self, seconds, transport):
+        """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited.
+
+        Once the flush has begun, an endpoint that cannot be reached at all is not tried again: spooled at once.
+        """
+        end = time.monotonic() + max(0.0, seconds)
+        with self._lock:
+            while True:
+                if self._stop.is_set():
+                    raise _Interrupted()
+                if self._deadline is not None and transport.unreachable:
+                    raise _Interrupted('not tried again at the end of the run')
+                if self._deadline is not None and end > self._deadline:
+                    raise _Interrupted('the next retry would come after the flush deadline')
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        self._take_token()
+
+    def _take_token(self):
+        """Wait for this thread's slot under the shared rate limit, on the event that only the deadline or close sets."""
+        if not self._rate.limited:
+            return
+        if self._stop.is_set():
+            raise _Interrupted()
+        wait = self._rate.reserve(self._deadline)
+        if wait is None:
+            raise _Interrupted('the rate limit left no time before the flush deadline')
+        if wait > 0 and self._stop.wait(wait):
+            raise _Interrupted()
+
+    def _settle(self, worker, item, probe, kind, detail):
         """Record an outcome (lock held); return a replayed batch whose last event this was, to be released."""
-        kind, detail = outcome
         endpoint = item.endpoint
         if kind in (DELIVERED, REFUSED):
             changed = endpoint.answered(probe)
-        elif kind == TRANSIENT and not item.abandoned:
-            changed = endpoint.failed(detail, probe)
         else:
-            changed = endpoint.interrupted(probe)
+            changed = endpoint.failed(detail, probe) if kind == TRANSIENT and not item.abandoned else endpoint.interrupted(probe)
         if changed:
             self._generation += 1
         if item.abandoned:
-            # flush() spooled it already; if it went through after all, the next run sends it again.
-            if kind == DELIVERED:
-                self._stats['late'] += 1
-            return None
+            return None  # flush() spooled it already; if it went through after all, the next run sends it again.
         if kind == DELIVERED:
-            self._stats['delivered'] += 1
-            if item.batch is not None:
-                self._stats['replayed'] += 1
+            self._stats.update(delivered=1, replayed=int(item.batch is not None))
         elif kind == REFUSED:
             self._stats['failed'] += 1
             self._refusals.add(endpoint, detail, item.event, from_spool=item.batch is not None)
@@ -358,43 +387,21 @@ class EventSender:
             if kind == TRANSIENT:
                 item.last_error = detail.reason
             else:
-                item.last_error = endpoint.redact(detail)
-                item.stuck = True
+                item.last_error, item.stuck = endpoint.redact(detail), True
             worker.hold(item)
             return None
         return self._replay.settled(item)
 
-    # ---- internals: flush -------------------------------------------------
-
-    def _fallback(self):
-        return 'not delivered within the %.1f s flush timeout' % self._flush_timeout
-
-    def _write_ahead(self):
-        """Write this run's events not delivered yet to the spool (replayed ones are still in their claimed files)."""
-        with self._lock:
-            items = [item for worker in self._workers for item in worker.pending() if item.batch is None]
-            items.extend(item for item in self._replay.stranded() if item.batch is None)
-        items.sort(key=lambda item: item.seq)
-        return _leftovers.write_ahead(self.spool, items, self._note)
-
     def _busy(self, deadline):
-        """True while something may still be sent before ``deadline`` (lock held).
+        """True while something may still be sent before ``deadline`` (lock held); not for an endpoint that could not
+        be reached at all: a dead endpoint does not make every run wait for its next probe."""
+        return self._replay.busy() or any(
+            worker.queue or worker.current is not None
+            or any(not item.endpoint.unreachable for item in sort_held(worker.held, deadline)[0]) for worker in self._workers)
 
-        Events for an endpoint that could not be reached at all are not waited for: they go to the spool
-        at once, so that a dead endpoint does not make every run wait for its next probe.
-        """
-        if self._replay.busy():
-            return True
-        for worker in self._workers:
-            if worker.queue or worker.current is not None:
-                return True
-            if worker.held and any(not item.endpoint.unreachable for item in sort_held(worker.held, deadline)[0]):
-                return True
-        return False
-
-    def _wait(self, until, condition, cuttable=True):
-        """Wait (lock held) while ``condition()`` holds, until the clock reaches ``until`` or cut() is called."""
-        while condition() and not (cuttable and self._cut):
+    def _wait(self, until, condition):
+        """Wait (lock held) while ``condition()`` holds, until the clock reaches ``until``."""
+        while condition():
             remaining = until - time.monotonic()
             if remaining <= 0:
                 return
@@ -403,64 +410,38 @@ class EventSender:
     def _flush(self, timeout, ahead):
         deadline = time.monotonic() + timeout
         with self._lock:
-            self._flush_timeout = timeout
-            self._courier.deadline = deadline
+            self._deadline = deadline
             self._changed.notify_all()
-            self._wait(deadline, lambda: self._busy(deadline) and not self._courier.closed)
+            self._wait(deadline, lambda: self._busy(deadline) and not self._closed and not self._cut)
             timed_out = self._busy(deadline)
-            if timed_out:
-                self._courier.abort()
-                self._changed.notify_all()
-            transports = [worker.transport for worker in self._workers if worker.transport is not None]
         if timed_out:
-            for transport in transports:
-                transport.interrupt()
+            self._halt(closing=False)
             with self._lock:
-                self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers),
-                           cuttable=False)
+                self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers))
         with self._lock:
-            leftovers, pending, batches = self._take_leftovers()
-        self._store(leftovers, batches, ahead)
-        return timed_out, pending
-
-    def _take_leftovers(self):
-        """Everything not delivered, in submission order, and the open batches (lock held)."""
-        leftovers = []
-        pending = 0
-        for worker in self._workers:
-            items, fresh = worker.take_all()
-            leftovers.extend(items)
-            pending += fresh
-        stranded = self._replay.take_stranded()
-        pending += len(stranded)
-        leftovers.extend(stranded)
-        for item in leftovers:
-            if item.batch is None or not item.batch.closed:
-                self._spooled_keys.add(item.change)
-        leftovers.sort(key=lambda item: item.seq)
-        return leftovers, pending, self._replay.take_open_batches()
-
-    def _store(self, leftovers, batches, ahead):
-        """Spool the leftovers and say what became of the events since the last flush."""
-        result = _leftovers.store(self.spool, leftovers, batches, ahead, self._fallback(), self._note)
+            leftovers, pending = [], 0
+            for worker in self._workers:
+                items, fresh = worker.take_all()
+                leftovers.extend(items)
+                pending += fresh
+            stranded = self._replay.stranded(take=True)
+            leftovers.extend(stranded)
+            for item in leftovers:
+                if item.batch is None or not item.batch.closed:
+                    self._spooled_keys.add(item.change)
+            leftovers.sort(key=lambda item: item.seq)
+            batches = self._replay.take_open_batches()
+        result = _report.store(self.spool, leftovers, batches, ahead, 'not delivered within the %.1f s flush timeout' % timeout, self._note)
         with self._lock:
-            messages = self._refusals.take_messages() + result.messages(self.spool)
-            self._stats['spooled'] += result.spooled_count
-            self._stats['lost'] += result.lost_count
-            self._stats['dropped'] += result.dropped
-            secrets = self._all_secrets()
-            self._messages.extend(redact(message, secrets) for message in messages)
+            self._stats.update(spooled=result.spooled_count, lost=result.lost_count, dropped=result.dropped)
+            messages = self._refusals.take_messages()
+        for message in messages + result.messages(self.spool):
+            self._note(message)
+        return timed_out, pending + len(stranded)
 
 
-def _int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _float(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+def _start(target, name, *args):
+    thread = threading.Thread(target=target, name=name, args=args)
+    thread.daemon = True  # a non-daemon thread would keep ansible-playbook from exiting
+    thread.start()
+    return thread

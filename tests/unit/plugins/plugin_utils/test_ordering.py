@@ -27,11 +27,11 @@ def items(endpoint, *keys):
 
 def test_an_item_held_keeps_the_later_items_of_its_change_behind_it():
     endpoint = EndpointHealth(endpoint_for(URL), 5.0, clock=Clock())
-    worker = Worker(0)
+    worker = Worker()
     first, second, other = items(endpoint, "a", "a", "b")
     first.stuck = True
     worker.hold(first)
-    assert worker.must_wait(second) and not worker.must_wait(other)
+    assert second.change in worker.blocked and other.change not in worker.blocked
     worker.hold(second)
     assert worker.due is None  # nothing to probe: a stuck item waits for the flush
     worker.requeue_ready(generation=1, now=200.0)
@@ -42,7 +42,7 @@ def test_held_items_go_back_in_front_of_the_queue_in_order_when_their_endpoint_i
     clock = Clock()
     endpoint = EndpointHealth(endpoint_for(URL), 5.0, clock=clock)
     endpoint.failed(DOWN, probe=False)
-    worker = Worker(0)
+    worker = Worker()
     held = items(endpoint, "a", "b", "a")
     for item in held:
         worker.hold(item, reason=endpoint.last_error)
@@ -52,12 +52,12 @@ def test_held_items_go_back_in_front_of_the_queue_in_order_when_their_endpoint_i
     worker.requeue_ready(generation=0, now=104.0)  # same generation, not due yet: nothing moves
     assert worker.held == held
     worker.requeue_ready(generation=0, now=105.0)
-    assert list(worker.queue) == held + [queued] and worker.held == [] and not worker.must_wait(held[0])
+    assert list(worker.queue) == held + [queued] and worker.held == [] and held[0].change not in worker.blocked
 
 
 def test_take_all_marks_the_item_in_flight_and_forget_drops_a_batch():
     endpoint = EndpointHealth(endpoint_for(URL), 5.0)
-    worker = Worker(0)
+    worker = Worker()
     held, queued, flying, replayed = items(endpoint, "a", "b", "c", "d")
     replayed.batch = batch = object()
     worker.hold(held)
@@ -70,7 +70,7 @@ def test_take_all_marks_the_item_in_flight_and_forget_drops_a_batch():
     assert taken == [held, queued, flying] and fresh == 2 and flying.abandoned
     assert worker.pending() == []  # an abandoned item is flush()'s, not pending any more
     assert worker.take_all() == ([], 0)  # nor taken again by the next flush while its thread still holds it
-    assert not worker.held and not worker.queue and not worker.must_wait(held)
+    assert not worker.held and not worker.queue and held.change not in worker.blocked
 
 
 def test_a_record_keeps_the_history_of_the_event():

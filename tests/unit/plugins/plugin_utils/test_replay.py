@@ -30,12 +30,8 @@ class Host:
         self.forgotten = []
         self.notes = []
         self.alive = True
-        self.dispatcher = ReplayDispatcher(spool, self.changed, route=self.route, route_item=self.routed.append,
-                                           forget=self.forgotten.append, note=self.notes.append, alive=lambda: self.alive)
-
-    def route(self, endpoint, event, batch, record_):
-        item = Item(endpoint, event, batch=batch, attempts=record_["attempts"])
-        self.routed.append(item)
+        self.dispatcher = ReplayDispatcher(spool, self.changed, route=self.routed.append, forget=self.forgotten.append,
+                                           note=self.notes.append, alive=lambda: self.alive)
 
     def start(self, target, name):
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -74,7 +70,8 @@ def test_spooled_events_are_routed_before_what_was_submitted_behind_them(spool):
     assert host.wait_idle()
     assert [(item.key, item.event["change_status"]) for item in host.routed] == [
         ("a", "Processing"), ("a", "Done"), ("b", "Done"), ("a", "Canceled")]
-    assert host.routed[0].attempts == 2 and host.routed[-1].batch is None
+    assert host.routed[0].attempts == 2 and host.routed[0].first_failure == 1700000000.0 and host.routed[0].last_error == "HTTP 503"
+    assert host.routed[-1].batch is None
     assert host.notes == [] and spool.pending(URL) == 0  # claimed
     host.stop()
 
