@@ -625,7 +625,7 @@ class CallbackModule(CallbackBase):
         if report.timed_out or counts != self._reported_counts:
             self._display.vv(report.summary())
             if self._replay_report:  # flush_spool: what it delivered and what is left, at default verbosity
-                self._display.display(_spool_report(report, self._sender.spool))
+                self._display.display(report.replay_summary(self._sender.spool))
         self._reported_counts = counts
 
     def _finish(self, reason):
@@ -644,28 +644,7 @@ class CallbackModule(CallbackBase):
 
     def _get_sender(self):
         if self._sender is None:
-            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender
-            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError
+            from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import open_sender
 
-            spool = None
-            if self._spool_dir:
-                try:
-                    spool = Spool(self._spool_dir)
-                except SpoolError as exc:  # names the directory and why
-                    self._warn_once('%s: events not delivered by the end of the run will be lost' % exc)
-                except Exception as exc:
-                    self._warn_once('the spool directory %s cannot be used (%s): events not delivered by the end of the run '
-                                    'will be lost' % (self._spool_dir, exc))
-            self._sender = EventSender(client_options=self._client_options, max_rate=self._max_rate, spool=spool)
+            self._sender = open_sender(self._spool_dir, self._warn_once, client_options=self._client_options, max_rate=self._max_rate)
         return self._sender
-
-
-def _spool_report(report, spool):
-    """What a flush_spool run did, in one line: delivered from the spool, and what is still in it."""
-    if spool is None:
-        return WARNING_PREFIX + 'no spool directory: nothing to deliver'
-    try:
-        left = '%d left in %s' % (spool.total(), spool.path)
-    except Exception as exc:  # the count is informative only; the flush already happened
-        left = 'what is left in %s is unknown (%s)' % (spool.path, exc)
-    return '%s%d spooled events delivered, %s' % (WARNING_PREFIX, report.replayed, left)

@@ -50,6 +50,16 @@ class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * 
         tail = 'flush %.1f s' % self.elapsed + (', timed out with %d pending' % self.pending if self.timed_out else '')
         return 'Flashduty change events: %s; %s' % (', '.join(parts), tail)
 
+    def replay_summary(self, spool):
+        """What a flush_spool run did, in one line: delivered from the ``spool``, and what is still in it."""
+        if spool is None:
+            return 'Flashduty change events: no spool directory: nothing to deliver'
+        try:
+            left = '%d left in %s' % (spool.total(), spool.path)
+        except Exception as exc:  # the count is informative only; the flush already happened
+            left = 'what is left in %s is unknown (%s)' % (spool.path, exc)
+        return 'Flashduty change events: %d spooled events delivered, %s' % (self.replayed, left)
+
 
 class Refusals:
     """Events refused for good, by endpoint and kind (HTTP status, Flashduty code): one warning each at take_messages()."""

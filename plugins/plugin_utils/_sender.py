@@ -34,7 +34,7 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering impor
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._rate import RateLimiter
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._replay import ReplayDispatcher
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._report import FlushReport, Refusals
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool, SpoolError
 
 DEFAULT_MAX_RATE = 40.0
 DEFAULT_CONCURRENCY = 8  # enough to keep max_rate at 40/s with round trips of 200 ms
@@ -48,6 +48,21 @@ CUT_POLL = 0.05
 DELIVERED, REFUSED, TRANSIENT, LATE, AGAIN = 'delivered', 'refused', 'transient', 'late', 'again'
 
 _SENDERS = weakref.WeakSet()
+
+
+def open_sender(spool_dir, warn, **options):
+    """An EventSender (``options`` as it takes them) that spools to ``spool_dir``, or without a spool when there is
+    none or it cannot be used, which ``warn`` says once."""
+    spool = None
+    if spool_dir:
+        try:
+            spool = Spool(spool_dir)
+        except SpoolError as exc:  # names the directory and why
+            warn('%s: events not delivered by the end of the run will be lost' % exc)
+        except Exception as exc:
+            warn('the spool directory %s cannot be used (%s): events not delivered by the end of the run will be lost'
+                 % (spool_dir, exc))
+    return EventSender(spool=spool, **options)
 
 
 def _after_fork_in_child():

@@ -192,3 +192,20 @@ def test_the_batch_written_ahead_never_pushes_older_events_out_of_a_full_spool(t
     result = _report.store(spool, mine[1:], [], ahead, "fallback", [].append)  # a:Processing was delivered
     assert result.dropped == 0 and spool.total() == 5
     assert waiting(spool, PROD) == ["old:Processing", "old:Done", "x:Done", "a:Done", "b:Done"]
+
+
+def test_replay_summary_says_what_flush_spool_delivered_and_what_is_left(tmp_path):
+    class CountedSpool:
+        path = str(tmp_path)
+
+        def __init__(self, total):
+            self.total = total
+
+    report = FlushReport(delivered=3, replayed=2)
+    assert report.replay_summary(CountedSpool(lambda: 4)) == "Flashduty change events: 2 spooled events delivered, 4 left in %s" % tmp_path
+    assert report.replay_summary(None) == "Flashduty change events: no spool directory: nothing to deliver"
+
+    def unreadable():
+        raise OSError("Permission denied")
+
+    assert "what is left in %s is unknown (Permission denied)" % tmp_path in report.replay_summary(CountedSpool(unreadable))

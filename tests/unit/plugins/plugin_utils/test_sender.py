@@ -14,7 +14,7 @@ import pytest
 from flashduty_receiver import PUSH_PATH, Receiver, closed_port
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import build_event, endpoint_for
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender, FlushReport
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._sender import EventSender, FlushReport, open_sender
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import Spool
 
 FAST = dict(timeout=2.0, retries=3, validate_certs=True, ca_path=None)
@@ -561,3 +561,16 @@ def test_at_the_flush_an_endpoint_that_refuses_connections_is_spooled_at_once(ma
     assert time.monotonic() - started < 0.5
     assert (report.delivered, report.spooled, report.timed_out) == (0, 3, False)
     assert [e["change_status"] for e in spooled(spool, url) if e["change_key"] == "refused"] == ["Processing", "Done"]
+
+
+def test_open_sender_spools_to_its_directory_or_says_once_why_it_cannot(tmp_path):
+    warned = []
+    sender = open_sender(str(tmp_path / "spool"), warned.append, max_rate=0)
+    assert sender.spool is not None and warned == []
+    sender.close()
+    os.symlink(tmp_path / "spool", tmp_path / "link")
+    sender = open_sender(str(tmp_path / "link"), warned.append, max_rate=0)
+    assert sender.spool is None and len(warned) == 1
+    assert str(tmp_path / "link") in warned[0] and "will be lost" in warned[0]
+    sender.close()
+    assert open_sender(None, warned.append).spool is None and len(warned) == 1
