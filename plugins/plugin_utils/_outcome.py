@@ -94,7 +94,7 @@ class PlayLog:
     def verdict(self, targets, failed, unreachable, max_fail_percentage=None):
         """``(not_run, stopped, aborted)``: hosts that never ran, hosts stopped by another host's failure, and
         whether Ansible aborted the play. ``failed`` and ``unreachable`` are the final sets."""
-        started = [hosts for hosts, time in zip(self.batches, self.batch_started) if time is not None]
+        started = [hosts for hosts, at in zip(self.batches, self.batch_started) if at is not None]
         ran = set().union(*started)
         not_run = set(host for host in targets if host not in ran)
         bad = failed | unreachable

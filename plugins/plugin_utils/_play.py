@@ -21,15 +21,7 @@ import socket
 from collections.abc import Mapping
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
-    CHANGE_STATUSES,
-    MAX_DESCRIPTION_LENGTH,
-    MAX_LABEL_VALUE_LENGTH,
-    MAX_LABELS,
-    label_key,
-    label_value,
-    normalize_labels_masked,
-    truncate,
-)
+    CHANGE_STATUSES, MAX_DESCRIPTION_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS, label_key, label_value, normalize_labels_masked, truncate)
 
 # The automatic labels, most important first: when user labels leave too little room
 # under Flashduty's cap of 50, they are dropped from the end of this list.
@@ -50,17 +42,13 @@ TITLE_MAX_LENGTH = 200
 LIST_IN_DESCRIPTION = 400
 
 
-# ---------------------------------------------------------------- names and lists
-
 def plural(count, noun):
     return '%d %s%s' % (count, noun, '' if count == 1 else 's')
 
 
 def fit(parts, limit, separator, more, nothing, sizes=None):
-    """``parts`` joined, or as many as fit in ``limit`` followed by ``more % names left out``, or ``nothing`` cut to fit.
-
-    ``sizes`` counts the names each part stands for (a host range), 1 each by default.
-    """
+    """``parts`` joined, or as many as fit in ``limit`` and then ``more % names left out`` (``sizes``: names per part, 1 by default),
+    or else ``nothing``."""
     text = separator.join(parts)
     if len(text) <= limit:
         return text
@@ -105,8 +93,6 @@ def visible_groups(group_names):
     return sorted(set(group_names) - {'all', 'ungrouped'})
 
 
-# ---------------------------------------------------------------- status mapping
-
 def parse_status_map(value):
     """The ``status_map`` option (a dict, or ``phase=Status`` pairs such as ``failed=Canceled,started=Ready``)
     over DEFAULT_STATUS_MAP. Returns ``(mapping, warnings)``."""
@@ -139,8 +125,6 @@ def parse_status_map(value):
     return mapping, warnings
 
 
-# ---------------------------------------------------------------- CI context
-
 def _first(*values):
     for value in values:
         if value not in (None, ''):
@@ -149,11 +133,8 @@ def _first(*values):
 
 
 def detect_ci(environ, variables=None):
-    """``{'system': ..., 'link': ..., 'labels': {...}}`` for the CI system or job runner this run comes from, or None.
-
-    ``variables`` are the run's extra vars, where AWX/AAP puts ``awx_job_id`` (or ``tower_job_id``).
-    Recognised, in this order: AWX/AAP, GitHub Actions, GitLab CI, Jenkins.
-    """
+    """``{'system': ..., 'link': ..., 'labels': {...}}`` for AWX/AAP, GitHub Actions, GitLab CI or Jenkins (in this order), else None.
+    ``variables`` are the run's extra vars, where AWX/AAP puts ``awx_job_id`` (or ``tower_job_id``)."""
     variables = variables or {}
 
     def var(name):
@@ -208,16 +189,11 @@ def controller_identity():
     return user, host
 
 
-# ---------------------------------------------------------------- labels
-
 def automatic_labels(hosts, groups, play, playbook=None, pattern=None, limit=None, tags=None, skip_tags=None,
                      check_mode=False, run_id=None, controller_user=None, controller_host=None, ansible_version=None,
                      ci_labels=None, host=None, revision=None, module=None):
-    """The labels every change of a play carries, as an ordered list of ``(name, value)``.
-
-    ``groups`` come without ``all`` and ``ungrouped`` (see visible_groups); tags ``('all',)`` and empty
-    lists are left out, like an unset ``limit``. ``host`` is set in per-host mode, ``module`` for ad-hoc runs.
-    """
+    """The labels every change of a play carries, as ordered ``(name, value)`` pairs; tags ``('all',)`` are left out.
+    ``groups`` come from visible_groups(); ``host`` is set in per-host mode, ``module`` for ad-hoc runs."""
     tags = [tag for tag in (tags or ()) if tag]
     skip_tags = [tag for tag in (skip_tags or ()) if tag]
     if isinstance(pattern, (list, tuple)):
@@ -251,18 +227,13 @@ def merge_user_labels(label_sets):
     merged = {}
     for labels in label_sets:
         for key, value in labels.items():
-            values = merged.setdefault(key, [])
-            if value not in values:
-                values.append(value)
+            merged.setdefault(key, {})[value] = None
     return dict((key, truncate(','.join(values), MAX_LABEL_VALUE_LENGTH)) for key, values in merged.items())
 
 
 def cap_labels(automatic, user, limit=MAX_LABELS):
     """The automatic ``(name, value)`` pairs and the user's label dict under Flashduty's cap: ``(labels, dropped names)``.
-
-    User labels win: they override automatic labels of the same name, and the least important automatic
-    labels make room for them.
-    """
+    User labels win: they override automatic labels of the same name, and the least important automatic ones make room."""
     user_items = list(user.items())
     dropped = [key for key, dummy in user_items[limit:]]
     user_items = user_items[:limit]
@@ -274,8 +245,6 @@ def cap_labels(automatic, user, limit=MAX_LABELS):
     labels.update(user_items)
     return labels, dropped
 
-
-# ---------------------------------------------------------------- title and description
 
 def change_title(play, hosts, host=None, module=None):
     """``Ansible: deploy checkout on web1, web2 and web3``, or ``Ansible ad-hoc: ansible.builtin.ping on web1``."""

@@ -37,17 +37,14 @@ class VariableProblem(Exception):
 
     def __init__(self, name, message):
         super(VariableProblem, self).__init__(message)
-        self.name = name
-        self.message = message
+        self.name, self.message = name, message
 
 
 class PlayReader:
-    """Reads what a change needs from a running play.
+    """Reads what a change needs from a running play: its target hosts, and its variables for a host.
 
-    Variables are those of the play for one of its hosts (so that group_vars and host_vars count), templated
-    and decrypted. That costs about 0.4-1 ms per host, so hosts are put in classes that must resolve alike:
-    the same groups and no host-level variable among those read (inventory host vars, host_vars files, facts
-    and set_fact). Each class is resolved once, with its first host.
+    Resolving variables costs about 0.4-1 ms per host, so hosts are put in classes that must resolve alike (the
+    same groups, no host-level variable among those read) and each class is resolved once, with its first host.
     """
 
     def __init__(self, play, names=PLAY_VARIABLES):
@@ -89,11 +86,10 @@ class PlayReader:
             return True
 
     def variables(self, host, decrypted=None):
-        """The play's variables for ``host`` among ``names``, templated, as plain Python: ``(values, problems)``.
+        """The play's variables for ``host`` among ``names``, templated, as plain Python: ``(values, [VariableProblem])``.
 
-        Undefined variables are left out; each that could not be templated or decrypted is a VariableProblem.
-        ``decrypted`` is a dict the caller keeps across calls, so that a vaulted value (the same object for
-        every host of a group_vars file) is decrypted once, not once per class (it costs milliseconds).
+        ``decrypted`` is a dict the caller keeps across calls, so that a vaulted value (the same object for every
+        host of a group_vars file) is decrypted once, not once per class (it costs milliseconds).
         """
         all_vars = self.variable_manager.get_vars(play=self.play, host=host)
         templar = Templar(loader=self.loader, variables=all_vars)
@@ -104,11 +100,10 @@ class PlayReader:
                 continue
             raw = all_vars[name]
             vaulted = decrypted is not None and type(raw).__name__ in VAULTED_TYPES
-            if vaulted:
-                hit = decrypted.get(id(raw))
-                if hit is not None and hit[0] is raw:
-                    result[name] = hit[1]
-                    continue
+            hit = decrypted.get(id(raw)) if vaulted else None
+            if hit is not None and hit[0] is raw:
+                result[name] = hit[1]
+                continue
             try:
                 result[name] = plain(templar.template(raw))
             except Exception as exc:  # AnsibleError, or a broken lookup or filter: reported alike

@@ -69,11 +69,8 @@ def hosts_text(names, limit):
 
 
 def changed_line(tasks, limit, verb='Changed', names=True):
-    """``Changed: "Render config" on web1, web2; "Restart" on web1`` within ``limit`` characters.
-
-    ``tasks`` lists ``(task name, [hosts])`` in the order the tasks ran. Without ``names`` the line
-    lists the hosts only, with the number of tasks.
-    """
+    """``Changed: "Render config" on web1, web2; "Restart" on web1`` within ``limit``, from ``[(task name, [hosts])]``.
+    Without ``names``: the hosts only, with the number of tasks."""
     if not tasks:
         return ''
     if not names:
@@ -105,11 +102,8 @@ def changed_line(tasks, limit, verb='Changed', names=True):
 
 
 def problem_lines(title, problems, limit, names=True):
-    """``Failed: "Apply migrations" on db1: relation "users" already exists``, one line per task and reason.
-
-    ``problems`` lists ``(task name, reason or None, [hosts])``; hosts past ``limit`` are counted in a last
-    ``Failed: +N more hosts`` line. Without ``names`` neither task names nor reasons are shown.
-    """
+    """``Failed: "Apply migrations" on db1: relation "users" already exists`` per ``(task name, reason or None, [hosts])``;
+    hosts past ``limit`` are counted in a last ``Failed: +N more hosts``. Without ``names``: no task names, no reasons."""
     lines = []
     length = shown = 0
     for name, reason, hosts in problems:
@@ -126,10 +120,8 @@ def problem_lines(title, problems, limit, names=True):
 
 
 def reason_of(result, no_log, secrets=(), redact=None):
-    """A short reason from a failed or unreachable task result: None for ``no_log`` tasks and censored results.
-
-    ``redact(text, secrets)`` masks integration keys.
-    """
+    """A short reason from a failed or unreachable task result, keys masked by ``redact(text, secrets)``;
+    None for ``no_log`` tasks and censored results."""
     if no_log or not isinstance(result, dict) or 'censored' in result:
         return None
     for field in ('msg', 'reason', 'stderr', 'module_stderr', 'exception'):
@@ -141,11 +133,8 @@ def reason_of(result, no_log, secrets=(), redact=None):
 
 
 def compose(head, sections, tail, limit=MAX_DESCRIPTION_LENGTH):
-    """``head`` line, then ``sections`` (callables taking the room left, returning lines), then ``tail`` lines.
-
-    The head and tail (the outcome summary, the task totals, the context) are never cut; the sections,
-    most important first, get what is left.
-    """
+    """``head``, ``sections`` (callables from the room left to lines, most important first) and ``tail`` lines:
+    the head and tail (the outcome, the task totals, the context) are never cut, the sections get what is left."""
     tail = [truncate(line, _CONTEXT_LENGTH) for line in tail]
     room = limit - len(head) - sum(len(line) + 1 for line in tail) - 1
     lines = [head]
