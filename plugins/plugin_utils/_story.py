@@ -34,18 +34,17 @@ def first_line(text, limit=REASON_LENGTH):
 
 def _runs(names):
     """``[(text, number of names)]``: runs of consecutive numbers with the same prefix and width as ``web[1:3]``."""
-    runs = []  # [prefix, width, last number, members]; prefix None for a name without a number
+    runs = []  # (prefix, members); prefix None for a name without a number
     for name in names:
         match = _NUMBERED.match(name)
-        prefix, digits = match.groups() if match else (None, '')
-        last = runs[-1] if runs else None
-        if prefix is not None and last and last[:2] == [prefix, len(digits)] and int(digits) == last[2] + 1:
-            last[2] = int(digits)
-            last[3].append(name)
+        prefix = match.group(1) if match else None
+        members = runs[-1][1] if runs and prefix is not None and runs[-1][0] == prefix else ()
+        if members and len(members[-1]) == len(name) and int(members[-1][len(prefix):]) + 1 == int(match.group(2)):
+            members.append(name)
         else:
-            runs.append([prefix, len(digits), int(digits or 0), [name]])
+            runs.append((prefix, [name]))
     texts = []
-    for prefix, _width, _last, members in runs:
+    for prefix, members in runs:
         if prefix is not None and len(members) >= _MIN_RANGE:
             texts.append(('%s[%s:%s]' % (prefix, members[0][len(prefix):], members[-1][len(prefix):]), len(members)))
         else:
