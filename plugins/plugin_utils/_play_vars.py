@@ -7,11 +7,9 @@
 
 Private to this collection: not a public API, may change without notice.
 
-The only code of the collection's change reporting that touches Ansible's
-objects (some of them private: ``VariableManager._inventory``, its fact
-caches, the inventory's sources), kept apart from the plain Python of _play.py
-so that tests/unit/plugins/plugin_utils/test_play_vars.py can check it against
-a real inventory and VariableManager on every supported ansible-core.
+The only part of the change reporting that touches Ansible's objects, some of them private
+(``VariableManager._inventory``, its fact caches, the inventory's sources): test_play_vars.py checks it
+against a real inventory and VariableManager on every supported ansible-core.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,12 +23,11 @@ from ansible.template import Templar
 from ansible.vars.plugins import get_vars_from_inventory_sources, get_vars_from_path
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import ENDPOINT_VARIABLES, redact
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _story
 
 # Variables read per play, besides those the label_vars option names.
 PLAY_VARIABLES = ENDPOINT_VARIABLES + ('flashduty_enabled', 'flashduty_labels', 'flashduty_change_key', 'flashduty_change_title',
                                        'flashduty_change_link')
-
-
 # Vaulted strings: ansible-core 2.16 to 2.18, and 2.19 on.
 VAULTED_TYPES = frozenset(('AnsibleVaultEncryptedUnicode', 'EncryptedString'))
 
@@ -40,20 +37,14 @@ class VariableProblem(Exception):
 
     def __init__(self, name, message):
         super(VariableProblem, self).__init__(message)
-        self.name = name
-        self.message = message
+        self.name, self.message = name, message
 
 
 class PlayReader:
-    """Reads what a change needs from a running play.
+    """Reads what a change needs from a running play: its target hosts, and its variables for a host.
 
-    Target hosts come from the inventory (``--limit`` applied, all ``serial``
-    batches). Variables are those of the play for one of its hosts, so that
-    inventory group_vars and host_vars count, templated in that context and
-    decrypted. Resolving variables costs about 0.4-1 ms per host, so hosts are
-    put in classes that must resolve alike: the same groups and no host-level
-    variable among those read (inventory host vars, host_vars files, facts and
-    set_fact). Each class is resolved once, with its first host.
+    Resolving variables costs about 0.4-1 ms per host, so hosts are put in classes that must resolve alike (the
+    same groups, no host-level variable among those read) and each class is resolved once, with its first host.
     """
 
     def __init__(self, play, names=PLAY_VARIABLES):
@@ -66,58 +57,39 @@ class PlayReader:
 
     def target_hosts(self, exclude=()):
         """The play's hosts after --limit, across all serial batches, less ``exclude`` (names)."""
-        hosts = self.inventory.get_hosts(self.play.hosts, order=getattr(self.play, 'order', None), ignore_restrictions=True)
+        hosts = self.inventory.get_hosts(self.play.hosts, order=self.play.order, ignore_restrictions=True)
         return [host for host in hosts if host.name not in exclude]
 
     def classes(self, hosts):
-        """Group ``hosts`` into lists that resolve their variables alike (see the class docstring)."""
+        """``hosts`` in lists that resolve their variables alike."""
         classes = {}
         for host in hosts:
-            groups = frozenset(group.name for group in host.get_groups())
-            key = ('host', host.name) if self._has_host_level(host) else ('groups', groups)
-            members = classes.get(key)
-            if members is None:
-                classes[key] = members = []
-            members.append(host)
+            key = host.name if self._has_host_level(host) else frozenset(group.name for group in host.get_groups())
+            classes.setdefault(key, []).append(host)
         return list(classes.values())
 
     def _has_host_level(self, host):
-        names = self.names
-        if not names.isdisjoint(host.get_vars()):
-            return True
-        for cache_name in ('_vars_cache', '_nonpersistent_fact_cache'):
-            cache = getattr(self.variable_manager, cache_name, None)
-            if cache and not names.isdisjoint(cache.get(host.name, ())):
-                return True
+        names, manager = self.names, self.variable_manager
         try:
-            facts = self.variable_manager._fact_cache.get(host.name)
+            facts = manager._fact_cache.get(host.name)
         except Exception:  # a cache plugin may raise anything on a missing or broken entry
             facts = None
-        if facts and not names.isdisjoint(facts):
+        if not all(names.isdisjoint(values or ()) for values in (host.get_vars(), manager._vars_cache.get(host.name),
+                                                                 manager._nonpersistent_fact_cache.get(host.name), facts)):
             return True
-        return not names.isdisjoint(self._host_plugin_vars(host))
-
-    def _host_plugin_vars(self, host):
-        """Variables vars plugins (host_vars files) give the host itself, as get_vars() would load them."""
-        data = {}
-        try:
-            data.update(get_vars_from_inventory_sources(self.loader, self.inventory._sources, [host], 'task'))
+        try:  # what vars plugins (host_vars files) give the host itself, as get_vars() loads it
+            if not names.isdisjoint(get_vars_from_inventory_sources(self.loader, self.inventory._sources, [host], 'task')):
+                return True
             basedir = self.loader.get_basedir()
-            if basedir:
-                data.update(get_vars_from_path(self.loader, basedir, [host], 'task'))
+            return bool(basedir) and not names.isdisjoint(get_vars_from_path(self.loader, basedir, [host], 'task'))
         except Exception:  # when in doubt, resolve the host on its own
-            return self.names
-        return data
+            return True
 
     def variables(self, host, decrypted=None):
-        """The play's variables for ``host``, templated and as plain Python, limited to ``names``.
+        """The play's variables for ``host`` among ``names``, templated, as plain Python: ``(values, [VariableProblem])``.
 
-        Returns ``(values, problems)``: undefined variables are absent from
-        ``values``; each variable that could not be templated or decrypted is a
-        VariableProblem in ``problems`` (the others are still returned).
-        ``decrypted`` is a dict kept by the caller across calls: a vaulted value
-        (the same object for every host of a group_vars file) is then decrypted
-        once, not once per set of hosts (decrypting costs several milliseconds).
+        ``decrypted`` is a dict the caller keeps across calls, so that a vaulted value (the same object for every
+        host of a group_vars file) is decrypted once, not once per class (it costs milliseconds).
         """
         all_vars = self.variable_manager.get_vars(play=self.play, host=host)
         templar = Templar(loader=self.loader, variables=all_vars)
@@ -128,11 +100,10 @@ class PlayReader:
                 continue
             raw = all_vars[name]
             vaulted = decrypted is not None and type(raw).__name__ in VAULTED_TYPES
-            if vaulted:
-                hit = decrypted.get(id(raw))
-                if hit is not None and hit[0] is raw:
-                    result[name] = hit[1]
-                    continue
+            hit = decrypted.get(id(raw)) if vaulted else None
+            if hit is not None and hit[0] is raw:
+                result[name] = hit[1]
+                continue
             try:
                 result[name] = plain(templar.template(raw))
             except Exception as exc:  # AnsibleError, or a broken lookup or filter: reported alike
@@ -147,23 +118,12 @@ class PlayReader:
 
 def first_line(exc):
     """The first non-blank line of an exception's message (Ansible errors add the task's source after it)."""
-    text = '%s' % (exc,)
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
+    return _story.first_line(exc, None) or type(exc).__name__
 
 
 def plain(value):
-    """Convert a templated Ansible value to plain Python data.
-
-    Vaulted strings (``AnsibleVaultEncryptedUnicode`` on 2.16,
-    ``EncryptedString`` on 2.19+) are not ``str`` and only decrypt when
-    formatted, which raises ``AnsibleError`` on a missing or wrong vault
-    password: call this where that error is handled. Unsafe and tagged
-    subclasses of ``str``, ``dict`` and ``list`` become the plain types, so
-    that ``json.dumps`` and ``type(...) is str`` behave.
-    """
+    """A templated Ansible value as plain Python data: unsafe and tagged ``str``, ``dict`` and ``list`` become the
+    plain types. Vaulted strings decrypt here, raising AnsibleError without the right vault password."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, Mapping):

@@ -17,9 +17,6 @@ import subprocess
 
 # Long enough to stay unique in big repositories, short enough for a label someone reads.
 SHORT_LENGTH = 12
-# Marks a work tree with uncommitted changes to tracked files, as git describe --dirty does.
-DIRTY_MARKER = '-dirty'
-TIMEOUT = 2.0
 
 
 def _git(directory, *args):
@@ -28,38 +25,25 @@ def _git(directory, *args):
     for name in ('GIT_DIR', 'GIT_WORK_TREE', 'GIT_INDEX_FILE'):
         env.pop(name, None)  # the playbook's own repository, not one the environment points at
     proc = subprocess.run(['git', '-C', directory] + list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, env=env, timeout=TIMEOUT, check=False)
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.decode('utf-8', 'replace')
+                          stderr=subprocess.DEVNULL, env=env, timeout=2.0, check=False)
+    return proc.stdout.decode('utf-8', 'replace').strip() if proc.returncode == 0 else None
 
 
 def git_revision(directory):
-    """``<short commit>`` or ``<short commit>-dirty`` for the git work tree holding ``directory``; None outside one,
-    without git, or when git does not answer within the timeout."""
+    """``<short commit>``, with ``-dirty`` as git describe --dirty adds it, for the git work tree holding ``directory``;
+    None outside one, without git, or when git does not answer within the timeout."""
     if not directory or not os.path.isdir(directory):
         return None
     try:
         commit = _git(directory, 'rev-parse', '--short=%d' % SHORT_LENGTH, 'HEAD')
-        if not commit or not commit.strip():
+        if not commit:
             return None
-        status = _git(directory, 'status', '--porcelain', '--untracked-files=no')
+        # A failed git status (None) is no evidence of changes.
+        return commit + ('-dirty' if _git(directory, 'status', '--porcelain', '--untracked-files=no') else '')
     except (OSError, subprocess.SubprocessError):
         return None
-    revision = commit.strip()
-    if status:  # None (status failed) is no evidence of changes
-        revision += DIRTY_MARKER
-    return revision
 
 
 def ci_revision(ci_labels):
     """The CI's commit (``ci_commit``), shortened like git's; None when the CI gives none."""
-    commit = (ci_labels or {}).get('ci_commit')
-    if not commit:
-        return None
-    return ('%s' % (commit,)).strip()[:SHORT_LENGTH] or None
-
-
-def playbook_revision(playbook_dir, ci_labels):
-    """The playbook's git revision when it lives in a work tree, else the CI's commit, else None."""
-    return git_revision(playbook_dir) or ci_revision(ci_labels)
+    return ('%s' % ((ci_labels or {}).get('ci_commit') or '',)).strip()[:SHORT_LENGTH] or None

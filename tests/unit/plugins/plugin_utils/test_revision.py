@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._revision import ci_revision, git_revision, playbook_revision
+from ansible_collections.flashcat.flashduty.plugins.plugin_utils._revision import ci_revision, git_revision
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -30,7 +30,6 @@ def test_short_commit_and_dirty_marker(tmp_path):
     assert git_revision(str(tmp_path)) == head[:12]  # untracked files do not make it dirty
     (tmp_path / "site.yml").write_text("--- # changed\n", encoding="utf-8")
     assert git_revision(str(tmp_path)) == head[:12] + "-dirty"
-    assert playbook_revision(str(tmp_path), {"ci_commit": "f" * 40}) == head[:12] + "-dirty"  # the work tree wins
 
 
 def test_no_revision_outside_a_repository_or_before_the_first_commit(tmp_path):
@@ -41,11 +40,10 @@ def test_no_revision_outside_a_repository_or_before_the_first_commit(tmp_path):
     assert git_revision(str(tmp_path)) is None
 
 
-def test_ci_commit_is_the_fallback(tmp_path):
+def test_ci_commit_is_the_fallback():
     assert ci_revision({"ci_commit": "0123456789abcdef0123"}) == "0123456789ab"
     assert ci_revision({"ci_system": "jenkins"}) is None and ci_revision(None) is None
-    assert playbook_revision(str(tmp_path), {"ci_commit": "abc"}) == "abc"
-    assert playbook_revision(str(tmp_path), None) is None
+    assert ci_revision({"ci_commit": " abc\n"}) == "abc"
 
 
 def test_reading_it_costs_milliseconds(tmp_path):
