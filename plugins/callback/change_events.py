@@ -236,7 +236,6 @@ import time
 import uuid
 
 from ansible import context
-from ansible.errors import AnsibleError
 from ansible.executor.task_result import TaskResult
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.callback import CallbackBase
@@ -377,12 +376,7 @@ class CallbackModule(CallbackBase):
         self._display.warning(WARNING_PREFIX + message)
 
     def _internal_error(self, where, exc):
-        if isinstance(exc, FlashdutyError):
-            text = exc.message
-        elif isinstance(exc, AnsibleError):
-            text = redact(_play_vars.first_line(exc))
-        else:
-            text = redact('%s: %s' % (type(exc).__name__, _play_vars.first_line(exc)))
+        text = exc.message if isinstance(exc, FlashdutyError) else redact(_play_vars.error_text(exc))
         self._warn_once('%s failed, reporting may be incomplete: %s' % (where, text), key=('internal', where, text))
 
     def _show_messages(self):

@@ -32,7 +32,6 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _story
 
 _ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
-_LABEL_RANK = dict((name, rank) for rank, name in enumerate(_play.AUTOMATIC_LABELS))
 _CHANGE_SETTINGS = ('flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link')
 _FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
                            'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
@@ -280,7 +279,7 @@ class ChangeMaker:
                 status = self._status_map['succeeded' if summary['outcome'] == _outcome.OUTCOME_SUCCEEDED else 'failed']
             description = _outcome.end_description(subject, change.hosts, summary, context_line, interrupted=interrupted,
                                                    check_mode=state.check_mode, task_names=self._task_names, what=what)
-            labels = sorted(change.labels + _outcome.outcome_labels(summary), key=lambda pair: _LABEL_RANK.get(pair[0], len(_LABEL_RANK)))
+            labels = _play.label_pairs(dict(change.labels + _outcome.outcome_labels(summary)))
             # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).
             end = now if change.host is None or interrupted else state.log.last_result.get(change.host, now)
             event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),

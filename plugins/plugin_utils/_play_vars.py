@@ -107,7 +107,7 @@ class PlayReader:
             try:
                 result[name] = plain(templar.template(raw))
             except Exception as exc:  # AnsibleError, or a broken lookup or filter: reported alike
-                text = first_line(exc) if isinstance(exc, AnsibleError) else '%s: %s' % (type(exc).__name__, first_line(exc))
+                text = error_text(exc)
                 # Messages may quote the value: mask a key in a URL, and the whole text of a plain value.
                 problems.append(VariableProblem(name, redact(text, [raw] if isinstance(raw, str) else ())))
                 continue
@@ -119,6 +119,11 @@ class PlayReader:
 def first_line(exc):
     """The first non-blank line of an exception's message (Ansible errors add the task's source after it)."""
     return _story.first_line(exc, None) or type(exc).__name__
+
+
+def error_text(exc):
+    """An error in one line: an Ansible error's own, any other's with its type."""
+    return first_line(exc) if isinstance(exc, AnsibleError) else '%s: %s' % (type(exc).__name__, first_line(exc))
 
 
 def plain(value):
