@@ -230,13 +230,11 @@ flashduty_labels:
 """
 
 import functools
-import operator
 import os
 import time
 import uuid
 
 from ansible import context
-from ansible.executor.task_result import TaskResult
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
@@ -253,21 +251,16 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes i
     ChangeMaker,
     PlayState,
     batch_hosts,
+    host_name,
     host_pattern,
+    result_data,
     runs_something,
+    task_id,
     task_label,
+    task_of,
 )
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._run_end import RunEnd
 
-# The host, task and data of a task result: public ``host``, ``task`` and ``result`` on ansible-core 2.19+,
-# where the underscored names are deprecated.
-_PUBLIC = isinstance(getattr(TaskResult, 'host', None), property)
-_host_name = operator.attrgetter('host.name' if _PUBLIC else '_host.name')
-_task_of = operator.attrgetter('task' if _PUBLIC else '_task')
-# Results keep only the id of their task (a str): holding the task copies of a whole task would keep them alive and
-# free them in _fold_outcomes() instead of in the strategy.
-_task_id = operator.attrgetter('task._uuid' if _PUBLIC else '_task._uuid')
-_result_dict = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
 # Tasks whose results are change events the playbook sent itself (the role sends through the same task).
 _EXPLICIT_ACTIONS = frozenset(('flashcat.flashduty.change_event',))
 _ADHOC_PLAYBOOK = '__adhoc_playbook__'
@@ -482,9 +475,9 @@ class CallbackModule(CallbackBase):
         if outcomes is not None:
             try:
                 if result.is_changed():  # only a change needs its task, to be listed
-                    outcomes.append((_host_name(result), _outcome.RESULT_CHANGED, _task_id(result), self._clock()))
+                    outcomes.append((host_name(result), _outcome.RESULT_CHANGED, task_id(result), self._clock()))
                 else:
-                    outcomes.append((_host_name(result), _outcome.RESULT_OK, None, self._clock()))
+                    outcomes.append((host_name(result), _outcome.RESULT_OK, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_ok', exc)
 
@@ -492,47 +485,23 @@ class CallbackModule(CallbackBase):
         outcomes = self._outcomes
         if outcomes is not None:
             try:
-                outcomes.append((_host_name(result), _outcome.RESULT_SKIPPED, None, self._clock()))
+                outcomes.append((host_name(result), _outcome.RESULT_SKIPPED, None, self._clock()))
             except Exception as exc:
                 self._internal_error('v2_runner_on_skipped', exc)
 
     def v2_runner_on_failed(self, result, ignore_errors=False, **kwargs):
-        outcomes = self._outcomes
-        if outcomes is None:
-            return
-        try:
-            name = _host_name(result)
-            task = _task_of(result)
-            if ignore_errors:
-                outcomes.append((name, _outcome.RESULT_IGNORED_CHANGED if result.is_changed() else _outcome.RESULT_IGNORED, task._uuid, self._clock()))
-                return
-            state = self._play
-            # The strategy has already taken a failure a block rescues out of the play's removed hosts.
-            removed = getattr(state.batches[-1], '_removed_hosts', None)
-            if isinstance(removed, list) and name not in removed:
-                outcomes.append((name, _outcome.RESULT_RESCUED, task._uuid, self._clock()))
-            else:
-                outcomes.append((name, _outcome.RESULT_FAILED, task._uuid, self._clock()))
-                state.failed.add(name)
-                state.note_failure(name, _outcome.FAILURE, task, _result_dict(result))
-        except Exception as exc:
-            self._internal_error('v2_runner_on_failed', exc)
+        if self._outcomes is not None:
+            try:
+                self._play.add_failure(host_name(result), task_of(result), result, self._clock(), ignored=ignore_errors)
+            except Exception as exc:
+                self._internal_error('v2_runner_on_failed', exc)
 
     def v2_runner_on_unreachable(self, result, **kwargs):
-        outcomes = self._outcomes
-        if outcomes is None:
-            return
-        try:
-            name = _host_name(result)
-            task = _task_of(result)
-            if getattr(task, 'ignore_unreachable', False):
-                outcomes.append((name, _outcome.RESULT_IGNORED, task._uuid, self._clock()))
-            else:
-                outcomes.append((name, _outcome.RESULT_UNREACHABLE, task._uuid, self._clock()))
-                self._play.unreachable.add(name)
-                self._play.note_failure(name, _outcome.UNREACHABLE_HOST, task, _result_dict(result))
-        except Exception as exc:
-            self._internal_error('v2_runner_on_unreachable', exc)
+        if self._outcomes is not None:
+            try:
+                self._play.add_failure(host_name(result), task_of(result), result, self._clock(), unreachable=True)
+            except Exception as exc:
+                self._internal_error('v2_runner_on_unreachable', exc)
 
     def _fold_outcomes(self):
         """Fold the outcomes gathered since the last call into the play's log."""
@@ -568,7 +537,7 @@ class CallbackModule(CallbackBase):
     def _explicit_ok(self, result, **kwargs):
         CallbackModule.v2_runner_on_ok(self, result, **kwargs)
         try:
-            outcome = _result_dict(result)
+            outcome = result_data(result)
             for item in outcome.get('results') or [outcome]:
                 event = item.get('event') if isinstance(item, dict) else None
                 # status_code: Flashduty (or the receiver) answered; check mode and skipped tasks sent nothing.

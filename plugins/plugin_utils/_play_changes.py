@@ -18,6 +18,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import functools
+import operator
+
+from ansible.executor.task_result import TaskResult
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
@@ -32,6 +36,14 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _story
 
 _ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
+# The host, task and data of a task result: public ``host``, ``task`` and ``result`` on ansible-core 2.19+,
+# where the underscored names are deprecated.
+_PUBLIC = isinstance(getattr(TaskResult, 'host', None), property)
+host_name = operator.attrgetter('host.name' if _PUBLIC else '_host.name')
+task_of = operator.attrgetter('task' if _PUBLIC else '_task')
+# Results keep only the id of their task (a str): holding the task copies of a whole task would keep them alive.
+task_id = operator.attrgetter('task._uuid' if _PUBLIC else '_task._uuid')
+result_data = operator.attrgetter('result' if isinstance(getattr(TaskResult, 'result', None), functools.cached_property) else '_result')
 _CHANGE_SETTINGS = ('flashduty_change_key', 'flashduty_change_title', 'flashduty_change_link')
 _FACT_ACTIONS = frozenset(('gather_facts', 'setup', 'ansible.builtin.gather_facts', 'ansible.builtin.setup',
                            'ansible.legacy.gather_facts', 'ansible.legacy.setup'))
@@ -75,15 +87,30 @@ class PlayState:
             removed.update(hosts)
         return set(host for host in self.failed if host in removed), set(self.unreachable)
 
-    def note_failure(self, host, kind, task, data):
-        """Keep the failing task and the first line of its message ``data`` (never for no_log, keys masked)."""
+    def add_failure(self, host, task, result, when, ignored=False, unreachable=False):
+        """A failed (or ``unreachable``) task result: counted, and unless ``ignored`` or rescued, kept with the failing
+        task and the first line of its message (never for no_log, keys masked)."""
+        if unreachable and getattr(task, 'ignore_unreachable', False):
+            ignored = True
+        if ignored:
+            changed = not unreachable and result.is_changed()
+            self.outcomes.append((host, _outcome.RESULT_IGNORED_CHANGED if changed else _outcome.RESULT_IGNORED, task._uuid, when))
+            return
+        # The strategy has already taken a failure a block rescues out of the play's removed hosts.
+        removed = getattr(self.batches[-1], '_removed_hosts', None)
+        if not unreachable and isinstance(removed, list) and host not in removed:
+            self.outcomes.append((host, _outcome.RESULT_RESCUED, task._uuid, when))
+            return
+        self.outcomes.append((host, _outcome.RESULT_UNREACHABLE if unreachable else _outcome.RESULT_FAILED, task._uuid, when))
+        (self.unreachable if unreachable else self.failed).add(host)
+        data = result_data(result)
         no_log = bool(getattr(task, 'no_log', False))
         reason = _story.reason_of(data, no_log, self.secrets, redact)
         if reason is None and isinstance(data, dict) and (no_log or 'censored' in data):
             reason = _story.HIDDEN_REASON
         # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
         stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
-        self.log.add_failure(host, kind, task_label(task), reason, stops)
+        self.log.add_failure(host, _outcome.UNREACHABLE_HOST if unreachable else _outcome.FAILURE, task_label(task), reason, stops)
 
 
 class Change:
