@@ -3,16 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""One kept-alive HTTP(S) connection to a Flashduty endpoint, every request bounded by a deadline.
+"""One kept-alive HTTP(S) connection to a Flashduty endpoint, every request bounded by a deadline. Private.
 
-Private to this collection: not a public API, may change without notice.
-
-``http.client`` speaks HTTP, opens proxy tunnels and TLS; what is added here is
-a wall-clock deadline that no server can stretch. Socket timeouts bound one
-read, so a server sending one byte every half second never times out: every
-read of an answer (the proxy's answer to CONNECT included) is given only the
-time left before the deadline. Connecting, the TLS handshake and sending are
-each bounded by the time left as a whole by the standard library itself.
+``http.client`` speaks HTTP, opens proxy tunnels and TLS; added here is a wall-clock deadline no server can
+stretch. A socket timeout bounds one read, so a server sending a byte every half second never times out: each
+read of an answer (the proxy's answer to CONNECT included) gets only the time left before the deadline, and so
+do connecting, the TLS handshake and sending.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,6 +17,7 @@ __metaclass__ = type
 
 import base64
 import codecs
+import collections
 import http.client as http_client
 import io
 import socket
@@ -39,22 +36,12 @@ USER_AGENT = 'flashcat.flashduty-ansible'
 codecs.lookup('idna')
 # Flashduty's answers are a few hundred bytes: more is a proxy page or worse, never kept whole.
 MAX_ANSWER_BYTES = 64 * 1024
-
-
-class Answer:
-    """An HTTP answer: ``status``, ``headers`` (an email.message.Message: any case) and ``body`` (at most MAX_ANSWER_BYTES)."""
-
-    __slots__ = ('status', 'headers', 'body')
-
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
+# ``headers``: an email.message.Message (any case); ``body``: at most MAX_ANSWER_BYTES.
+Answer = collections.namedtuple('Answer', 'status headers body')
 
 
 class TransportError(Exception):
-    """No usable answer, worth another try: ``reason`` is redacted; ``unreachable`` as in FlashdutyError;
-    ``timed_out`` when the deadline came first."""
+    """No usable answer, worth another try (``reason`` redacted); ``timed_out`` when the deadline came first."""
 
     def __init__(self, reason, unreachable=False, timed_out=False):
         super(TransportError, self).__init__(reason)
@@ -135,11 +122,9 @@ class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection):
 
 
 class HttpTransport:
-    """One keep-alive HTTP(S) connection to an Endpoint.
+    """One keep-alive HTTP(S) connection to an Endpoint, through ``https_proxy``/``http_proxy``/``no_proxy`` as urllib.
 
-    Honours ``https_proxy``/``http_proxy``/``no_proxy`` like curl and urllib do,
-    with credentials in the proxy URL. Not thread-safe: each sending thread owns
-    one; ``interrupt()`` may be called from another thread.
+    Not thread-safe: each sending thread owns one; ``interrupt()`` may be called from another thread.
     """
 
     def __init__(self, endpoint, validate_certs=True, ca_path=None):
@@ -147,7 +132,8 @@ class HttpTransport:
         self.host = endpoint.host
         self._https = endpoint.scheme == 'https'
         self._ssl_context = _ssl_context(validate_certs, ca_path) if self._https else None
-        self._proxy = _proxy_for(endpoint.scheme, endpoint.host)
+        proxy = getproxies().get(endpoint.scheme)
+        self._proxy = None if not proxy or proxy_bypass(endpoint.host) else urlsplit(proxy if '://' in proxy else 'http://' + proxy)
         self._target = endpoint.target
         self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': USER_AGENT}
         self._proxy_headers = {}
@@ -190,11 +176,8 @@ class HttpTransport:
         return connection
 
     def post(self, body, deadline):
-        """POST ``body`` (bytes), done by ``deadline`` (time.monotonic()); return an Answer.
-
-        Raises TransportError (no usable answer), StaleConnection, or
-        FlashdutyError for what no retry can mend (a certificate that does not verify).
-        """
+        """POST ``body`` (bytes) by ``deadline`` (time.monotonic()): an Answer, or TransportError (no usable answer),
+        StaleConnection, or FlashdutyError for what no retry mends (a certificate that does not verify)."""
         connection = self._connection
         reused = connection is not None and connection.sock is not None
         if connection is None:
@@ -237,19 +220,16 @@ class HttpTransport:
             raise TransportError('%s did not answer in HTTP/1.x: %s' % (self.host, describe(exc)))
         except OSError as exc:
             self.close()
-            raise self._unreachable(exc)
-        finally:
-            self._sock = None
-
-    def _unreachable(self, exc):
-        text = describe(exc)
-        if self._proxy is not None:
+            text = describe(exc)
+            if self._proxy is None:
+                raise TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
             proxy = '%s:%d' % (self._proxy.hostname, self._proxy.port or 8080)
             if text.startswith('Tunnel connection failed'):
-                return TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
-                                      unreachable=True)
-            return TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
-        return TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
+                raise TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
+                                     unreachable=True)
+            raise TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
+        finally:
+            self._sock = None
 
 
 def describe(exc):
@@ -268,12 +248,3 @@ def _ssl_context(validate_certs, ca_path):
         return ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
     except (OSError, ssl.SSLError) as exc:
         raise FlashdutyError('ca_path: cannot load CA certificates from %s: %s' % (ca_path, describe(exc)), field='ca_path')
-
-
-def _proxy_for(scheme, host):
-    proxy = getproxies().get(scheme)
-    if not proxy or proxy_bypass(host):
-        return None
-    if '://' not in proxy:
-        proxy = 'http://' + proxy
-    return urlsplit(proxy)
