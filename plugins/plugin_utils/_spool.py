@@ -21,9 +21,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import binascii
 import collections
-import errno
+import contextlib
 import itertools
 import json
 import os
@@ -78,15 +77,9 @@ def new_stamp():
         return '%020d-%07d-%06d' % (ns, os.getpid() % 10000000, next(_SEQUENCE) % 1000000)
 
 
-def _token():
-    return binascii.hexlify(os.urandom(4)).decode('ascii')
-
-
 def _unlink(path):
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _load(path):
@@ -105,14 +98,7 @@ class SpoolBatch:
     """One claimed spool file: its ``records`` are this run's to deliver or give back."""
 
     def __init__(self, name, stamp, claim_path, records, endpoint_url):
-        self.name = name
-        self.stamp = stamp
-        self.claim_path = claim_path
-        self.records = records
-        self.endpoint_url = endpoint_url
-
-    def __repr__(self):
-        return '<SpoolBatch %s (%d events)>' % (self.name, len(self.records))
+        self.name, self.stamp, self.claim_path, self.records, self.endpoint_url = name, stamp, claim_path, records, endpoint_url
 
 
 class Spool:
@@ -127,11 +113,8 @@ class Spool:
         self.path = os.path.abspath(os.path.expanduser('%s' % (path,)))
         self.max_events = max(1, int(max_events))
         self.lease = float(lease)
-        self._owner = '%dx%s' % (os.getpid(), _token())
+        self._owner = '%dx%s' % (os.getpid(), os.urandom(4).hex())
         self._check_directory()
-
-    def __repr__(self):
-        return '<Spool %s>' % self.path
 
     def _error(self, what, exc):
         return SpoolError('cannot %s the Flashduty spool directory %s: %s' % (what, self.path, exc.strerror or exc))
@@ -172,19 +155,21 @@ class Spool:
             return
         except OSError as exc:
             raise self._error('create', exc) from None
-        # Ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name.
-        try:
-            fd = os.open(self.path, _DIRECTORY_FLAGS)
-            try:
-                os.fchmod(fd, 0o700)
-            finally:
-                os.close(fd)
+        try:  # ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name
+            self._on_directory(lambda fd: os.fchmod(fd, 0o700))
         except OSError as exc:
             raise self._error('secure', exc) from None
         self._check_directory()
 
-    def _entries(self):
-        """The spool files, oldest first."""
+    def _on_directory(self, action):
+        fd = os.open(self.path, _DIRECTORY_FLAGS)
+        try:
+            action(fd)
+        finally:
+            os.close(fd)
+
+    def _entries(self, clean=False):
+        """The spool files, oldest first; ``clean``: remove temporary files left by a run that died while writing."""
         if not self._check_directory():
             return []
         try:
@@ -194,6 +179,10 @@ class Spool:
         except OSError as exc:
             raise self._error('read', exc) from None
         now = time.time()
+        for name in names if clean else ():
+            with contextlib.suppress(OSError):
+                if name.startswith(_TEMP_PREFIX) and os.lstat(os.path.join(self.path, name)).st_mtime < now - self.lease:
+                    os.unlink(os.path.join(self.path, name))
         entries = []
         for match in filter(None, map(_NAME.match, names)):
             claimed = match.group('claimed') and int(match.group('claimed')) / 1000.0
@@ -212,7 +201,7 @@ class Spool:
 
     def _write_file(self, file_name, document):
         data = json.dumps(document, ensure_ascii=False, sort_keys=True, indent=1).encode('utf-8', 'surrogatepass')
-        temp = os.path.join(self.path, '%s%d-%s' % (_TEMP_PREFIX, os.getpid(), _token()))
+        temp = os.path.join(self.path, '%s%d-%s' % (_TEMP_PREFIX, os.getpid(), os.urandom(4).hex()))
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
         try:
             with os.fdopen(fd, 'wb') as handle:
@@ -222,19 +211,11 @@ class Spool:
                 os.fsync(fd)
             os.replace(temp, os.path.join(self.path, file_name))
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(temp)
-            except OSError:
-                pass
             raise
-        try:  # make the rename itself durable
-            fd = os.open(self.path, _DIRECTORY_FLAGS)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            self._on_directory(os.fsync)
 
     def write(self, endpoint, records, replacing=None):
         """Add ``records`` (in delivery order) for ``endpoint``; return how many old events were dropped.
@@ -256,47 +237,29 @@ class Spool:
 
     def _write_batch(self, endpoint, records, stamp, ignore=None, trim=True, replacing=None):
         dropped = max(0, len(records) - self.max_events)
-        records = records[dropped:]
+        records = [dict(event=record['event'], first_failure=round(float(record.get('first_failure') or time.time()), 3),
+                        attempts=int(record.get('attempts') or 0), last_error=endpoint.redact(record.get('last_error') or 'not delivered'))
+                   for record in records[dropped:]]
+        file_name = '%s.%s.%d.json' % (stamp, endpoint.fingerprint[:16], len(records))
         if records:
             self._ensure_directory()
-            document = dict(format=FORMAT, endpoint=endpoint.fingerprint, endpoint_url=endpoint.masked,
-                            spooled_at=round(time.time(), 3), records=[dict(
-                                event=record['event'], first_failure=round(float(record.get('first_failure') or time.time()), 3),
-                                attempts=int(record.get('attempts') or 0),
-                                last_error=endpoint.redact(record.get('last_error') or 'not delivered')) for record in records])
-            file_name = '%s.%s.%d.json' % (stamp, endpoint.fingerprint[:16], len(records))
             try:
-                self._write_file(file_name, document)
+                self._write_file(file_name, dict(format=FORMAT, endpoint=endpoint.fingerprint, endpoint_url=endpoint.masked,
+                                                 spooled_at=round(time.time(), 3), records=records))
             except OSError as exc:
                 raise self._error('write to', exc) from None
-        if replacing is not None:  # the batch written ahead, unless another run has claimed it meanwhile
-            for entry in self._entries():
-                if entry.stamp == replacing and entry.fp == endpoint.fingerprint[:16] and entry.claimed is None:
-                    _unlink(os.path.join(self.path, entry.file))
-        if not records:
+        elif replacing is None:
             return 0
-        self._clean_temporary_files()
-        return dropped + self._trim(keep=file_name, ignore=ignore) if trim else dropped
+        entries = []
+        for entry in self._entries(clean=bool(records)):
+            if (entry.stamp, entry.fp, entry.claimed) == (replacing, endpoint.fingerprint[:16], None):
+                _unlink(os.path.join(self.path, entry.file))  # written ahead, and not claimed by another run meanwhile
+            elif entry.file != ignore:  # a claim being given back is not counted
+                entries.append(entry)
+        return dropped + self._trim(entries, keep=file_name) if records and trim else dropped
 
-    def _clean_temporary_files(self):
-        """Remove temporary files left by a run that died while writing."""
-        limit = time.time() - self.lease
-        try:
-            names = [name for name in os.listdir(self.path) if name.startswith(_TEMP_PREFIX)]
-        except OSError:
-            return
-        for name in names:
-            path = os.path.join(self.path, name)
-            try:
-                if os.lstat(path).st_mtime < limit:
-                    os.unlink(path)
-            except OSError:
-                pass
-
-    def _trim(self, keep, ignore=None):
-        """Drop the oldest events down to max_events; return how many. ``keep`` (the file just written) goes
-        last; ``ignore`` (a claim being given back) is not counted."""
-        entries = [entry for entry in self._entries() if entry.file != ignore]
+    def _trim(self, entries, keep):
+        """Drop the oldest events down to max_events (``keep``, the file just written, last); return how many."""
         excess = sum(entry.count for entry in entries) - self.max_events
         dropped = 0
         for entry in entries:
@@ -327,10 +290,8 @@ class Spool:
         claim_path = self._claim_path(entry.name)
         try:
             os.rename(os.path.join(self.path, entry.file), claim_path)
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EEXIST):
-                return None
-            raise
+        except (FileNotFoundError, FileExistsError):
+            return None
         return claim_path
 
     def claim(self, endpoint):
@@ -339,8 +300,7 @@ class Spool:
         ``batches`` are SpoolBatch objects, whose records are dicts like those given to write(); ``problems``
         are messages about files that could not be read (renamed to ``*.corrupt``, not to be tried again).
         """
-        batches = []
-        problems = []
+        batches, problems = [], []
         for entry in self._entries():
             if entry.fp != endpoint.fingerprint[:16] or not entry.free:
                 continue
