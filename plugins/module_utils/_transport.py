@@ -18,6 +18,7 @@ __metaclass__ = type
 import base64
 import codecs
 import collections
+import contextlib
 import http.client as http_client
 import io
 import socket
@@ -54,6 +55,13 @@ class StaleConnection(Exception):
     """A kept-alive connection the server had closed while idle: send again on a new one, not a failed attempt."""
 
 
+def _time_left(deadline):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout('deadline reached')
+    return left
+
+
 class _DeadlineReader(io.RawIOBase):
     """The socket's reader, given only the time left before the deadline for each read."""
 
@@ -68,10 +76,7 @@ class _DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer):
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout('deadline reached')
-        self._sock.settimeout(remaining)
+        self._sock.settimeout(_time_left(self._deadline))
         count = self._socket_io.readinto(buffer)
         if not count:
             self.ended = True
@@ -98,12 +103,6 @@ class _Deadlines:
 
     deadline = 0.0
 
-    def remaining(self):
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout('deadline reached')
-        return remaining
-
     def response_class(self, sock, debuglevel=0, method=None, url=None):
         return _Answer(sock, debuglevel, method, url, deadline=self.deadline)
 
@@ -117,7 +116,7 @@ class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection):
     def connect(self):
         # As http.client does, but the handshake gets only what is left after connecting and tunnelling.
         http_client.HTTPConnection.connect(self)
-        self.sock.settimeout(self.remaining())
+        self.sock.settimeout(_time_left(self.deadline))
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
 
 
@@ -158,10 +157,8 @@ class HttpTransport:
         """Make a request blocked on this connection in another thread fail at once."""
         sock = self._sock or getattr(self._connection, 'sock', None)
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _new_connection(self):
         if self._proxy is None:
@@ -184,7 +181,7 @@ class HttpTransport:
             connection = self._connection = self._new_connection()
         connection.deadline = deadline
         try:
-            connection.timeout = connection.remaining()
+            connection.timeout = _time_left(deadline)
             if reused:
                 connection.sock.settimeout(connection.timeout)
             connection.request('POST', self._target, body, self._headers)
