@@ -80,20 +80,11 @@ class FlashdutyError(Exception):
     ``request_id``, ``retryable`` (timeouts, resets, 429, 5xx) and ``unreachable`` (refused, unresolvable).
     """
 
-    def __init__(self, message, field=None, status_code=None, code=None, request_id=None, retryable=False,
-                 reason=None, unreachable=False):
+    def __init__(self, message, field=None, status_code=None, code=None, request_id=None, retryable=False, unreachable=False):
         super(FlashdutyError, self).__init__(message)
-        self.message = message
-        self.field = field
-        self.status_code = status_code
-        self.code = code
-        self.request_id = request_id
-        self.retryable = retryable
-        self.reason = message if reason is None else reason
-        self.unreachable = unreachable
-
-    def __str__(self):
-        return self.message
+        self.message = self.reason = message
+        self.field, self.status_code, self.code, self.request_id = field, status_code, code, request_id
+        self.retryable, self.unreachable = retryable, unreachable
 
 
 def _text(value):
@@ -256,11 +247,7 @@ def normalize_labels_masked(labels, field, secrets, strict):
     if labels is None:
         return {}, [], []
     require_mapping(labels, field)
-    result = {}
-    origins = {}
-    warnings = []
-    rewritten = []
-    masked = []
+    result, origins, warnings, rewritten, masked = {}, {}, [], [], []
     for raw_key, raw_value in labels.items():
         value = label_value(raw_value)
         if value is None:
@@ -458,20 +445,12 @@ def change_event_argument_spec():
     return dict(
         change_key=dict(type='str', required=True, no_log=False),
         change_status=dict(type='str', required=True, choices=list(CHANGE_STATUSES), aliases=['status']),
-        title=dict(type='str'),
-        description=dict(type='str'),
-        link=dict(type='str'),
-        labels=dict(type='dict'),
-        event_time=dict(type='raw'),
-        automatic_labels=dict(type='bool', default=True),
-        push_url=dict(type='str', no_log=True),
-        integration_key=dict(type='str', no_log=True),
-        api_url=dict(type='str'),
-        timeout=dict(type='float', default=DEFAULT_TIMEOUT),
-        retries=dict(type='int', default=DEFAULT_RETRIES),
+        title=dict(type='str'), description=dict(type='str'), link=dict(type='str'), labels=dict(type='dict'),
+        event_time=dict(type='raw'), automatic_labels=dict(type='bool', default=True),
+        push_url=dict(type='str', no_log=True), integration_key=dict(type='str', no_log=True), api_url=dict(type='str'),
+        timeout=dict(type='float', default=DEFAULT_TIMEOUT), retries=dict(type='int', default=DEFAULT_RETRIES),
         total_timeout=dict(type='float', default=DEFAULT_TOTAL_TIMEOUT),
-        validate_certs=dict(type='bool', default=True),
-        ca_path=dict(type='path'),
+        validate_certs=dict(type='bool', default=True), ca_path=dict(type='path'),
     )
 
 
