@@ -54,21 +54,16 @@ def backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_MAX, rand=random.rando
 
 def parse_retry_after(value, now=None):
     """Seconds to wait from a Retry-After header (seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
+    value = (value or '').strip()
     if re.match(r'^\d+(\.\d+)?$', value):
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    except (TypeError, ValueError, IndexError, AttributeError):  # AttributeError: None, before Python 3.10
         return None
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    now = time.time() if now is None else now
-    return max(0.0, moment.timestamp() - now)
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 def describe_answer(answer):

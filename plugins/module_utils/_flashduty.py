@@ -103,9 +103,7 @@ def redact(text, secrets=()):
     return _KEY_IN_TEXT.sub(r'\g<1>' + MASK, text)
 
 
-def mask_url(url):
-    """A URL as it may be shown to people: ``...?integration_key=****``."""
-    return redact(url)
+mask_url = redact  # a URL as it may be shown to people: ...?integration_key=****
 
 
 def shown(text, secrets=(), limit=300):
@@ -323,7 +321,15 @@ def parse_event_time(value, field='event_time'):
     else:
         text = _text(value).strip()
         iso = not re.match(r'^-?\d+(\.\d+)?$', text)
-        seconds = _parse_iso8601(text, field) if iso else int(float(text))
+        if not iso:
+            seconds = int(float(text))
+        else:
+            try:
+                moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))
+                seconds = int((moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)).timestamp())
+            except (ValueError, OverflowError):
+                raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
+                                     % (field, text), field=field)
     if seconds < 0:
         raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
     if not iso and seconds >= _MAX_MILLISECONDS:
@@ -333,18 +339,6 @@ def parse_event_time(value, field='event_time'):
         raise FlashdutyError('%s: %r looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix '
                              'time in seconds' % (field, value), field=field)
     return seconds
-
-
-def _parse_iso8601(text, field):
-    candidate = re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', text[:-1] + '+00:00' if text[-1:] in ('Z', 'z') else text)
-    try:
-        moment = datetime.datetime.fromisoformat(candidate)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
-        return int(moment.timestamp())
-    except (ValueError, OverflowError):
-        raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
-                             % (field, text), field=field)
 
 
 def build_event(change_status, change_key, title, description=None, link=None, labels=None, event_time=None, secrets=(),
