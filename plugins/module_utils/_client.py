@@ -15,6 +15,7 @@ __metaclass__ = type
 import collections
 import datetime
 import email.utils
+import itertools
 import json
 import random
 import re
@@ -118,19 +119,20 @@ class FlashdutyClient:
         ``deadline_name`` says what the deadline is in messages ("the total_timeout of 30 s").
         """
         body = json.dumps(event, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
-        attempt = 0
-        while True:
-            attempt += 1
+        for attempt in itertools.count(1):
             outcome, wait = self._attempt(body, attempt, deadline, deadline_name)
             if isinstance(outcome, Delivery):
                 return outcome
-            if not outcome.retryable or attempt > self.retries:
-                raise self._final(outcome, attempt)
-            wait = backoff_delay(attempt) if wait is None else wait
-            if deadline is not None and time.monotonic() + wait >= deadline:
+            if outcome.retryable and attempt <= self.retries:
+                wait = backoff_delay(attempt) if wait is None else wait
+                if deadline is None or time.monotonic() + wait < deadline:
+                    self._sleep(wait)
+                    continue
                 outcome.reason += '; no time left for another attempt within %s' % deadline_name
-                raise self._final(outcome, attempt)
-            self._sleep(wait)
+            # As reported: the endpoint, the reason, request_id, attempts and what to check.
+            outcome.message = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(outcome, attempt))
+            outcome.args = (outcome.message,)
+            raise outcome
 
     def _attempt(self, body, attempt, deadline, deadline_name):
         """One attempt: ``(Delivery, None)`` or ``(FlashdutyError not yet final, seconds to wait or None)``."""
@@ -163,13 +165,6 @@ class FlashdutyClient:
             reason += ': %s' % shown(message, secrets)
         retryable = answer.status in RETRYABLE_STATUS or code in RETRYABLE_CODES
         return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable), wait
-
-    def _final(self, error, attempts):
-        """The error as reported: the endpoint, the reason, request_id, attempts and what to check."""
-        text = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(error, attempts))
-        error.message = text
-        error.args = (text,)
-        return error
 
 
 def explain(error, attempts=1):

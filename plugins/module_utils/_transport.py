@@ -19,6 +19,7 @@ import base64
 import codecs
 import collections
 import contextlib
+import functools
 import http.client as http_client
 import io
 import socket
@@ -98,20 +99,9 @@ class _Answer(http_client.HTTPResponse):
         self.fp = io.BufferedReader(self.reader)
 
 
-class _Deadlines:
-    """Mixed into http.client's connections: each request has a ``deadline`` (a time.monotonic() value)."""
+class _HTTPSConnection(http_client.HTTPSConnection):
 
-    deadline = 0.0
-
-    def response_class(self, sock, debuglevel=0, method=None, url=None):
-        return _Answer(sock, debuglevel, method, url, deadline=self.deadline)
-
-
-class _HTTPConnection(_Deadlines, http_client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection):
+    deadline = 0.0  # of the request under way, a time.monotonic() value
 
     def connect(self):
         # As http.client does, but the handshake gets only what is left after connecting and tunnelling.
@@ -166,7 +156,7 @@ class HttpTransport:
         else:
             host, port = self._proxy.hostname, self._proxy.port or 8080
         if not self._https:
-            return _HTTPConnection(host, port)
+            return http_client.HTTPConnection(host, port)
         connection = _HTTPSConnection(host, port, context=self._ssl_context)
         if self._proxy is not None:
             connection.set_tunnel(self.host, self.endpoint.port, headers=self._proxy_headers)
@@ -180,6 +170,7 @@ class HttpTransport:
         if connection is None:
             connection = self._connection = self._new_connection()
         connection.deadline = deadline
+        connection.response_class = functools.partial(_Answer, deadline=deadline)
         try:
             connection.timeout = _time_left(deadline)
             if reused:
@@ -236,12 +227,11 @@ def describe(exc):
 
 
 def _ssl_context(validate_certs, ca_path):
-    if not validate_certs:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
     try:
-        return ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+        context = ssl.create_default_context(cafile=ca_path if validate_certs and ca_path else None)
     except (OSError, ssl.SSLError) as exc:
         raise FlashdutyError('ca_path: cannot load CA certificates from %s: %s' % (ca_path, describe(exc)), field='ca_path')
+    if not validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
