@@ -272,7 +272,7 @@ def normalize_labels_masked(labels, field, secrets, strict):
         if text != value:
             masked.append('%s.%s' % (field, key))
         origins[key] = name
-        result[key] = _cut(text, MAX_LABEL_VALUE_LENGTH, '%s: the value of label %r' % (field, key), warnings)
+        result[key] = truncate(text, MAX_LABEL_VALUE_LENGTH, '%s: the value of label %r' % (field, key), warnings)
     if rewritten:
         warnings.insert(0, '%s: label names rewritten to Prometheus style (letters, digits and underscores, not starting '
                         'with a digit): %s' % (field, ', '.join(rewritten)))
@@ -284,23 +284,18 @@ def normalize_labels_masked(labels, field, secrets, strict):
 def require_mapping(labels, field='labels'):
     """Fail unless ``labels`` is a dict of label names to values."""
     if not isinstance(labels, Mapping):
-        kind = type(labels).__name__
-        for types, name in (((list, tuple), 'a list'), (bool, 'a boolean'), ((int, float), 'a number'), ((str, bytes), 'a string')):
-            if isinstance(labels, types):
-                kind = name
-                break
+        kind = next((name for types, name in (((list, tuple), 'a list'), (bool, 'a boolean'), ((int, float), 'a number'),
+                                              ((str, bytes), 'a string')) if isinstance(labels, types)), type(labels).__name__)
         raise FlashdutyError('%s: must be a dict (a mapping of label names to values), got %s' % (field, kind), field=field)
 
 
-def truncate(text, limit):
-    """Shorten ``text`` to ``limit`` characters, marking the cut."""
-    return text if len(text) <= limit else text[:limit - 3] + '...'
-
-
-def _cut(text, limit, what, warnings):
-    if len(text) > limit:
+def truncate(text, limit, what=None, warnings=None):
+    """Shorten ``text`` to ``limit`` characters, marking the cut; with ``what``, warn of a cut in ``warnings``."""
+    if len(text) <= limit:
+        return text
+    if what is not None:
         warnings.append('%s was %d characters long and was truncated to %d' % (what, len(text), limit))
-    return truncate(text, limit)
+    return text[:limit - 3] + '...'
 
 
 def parse_event_time(value, field='event_time'):
@@ -370,12 +365,12 @@ def build_event(change_status, change_key, title, description=None, link=None, l
         raise FlashdutyError('change_key: is %d characters long; at most %d are allowed (a shortened key could merge '
                              'different changes)' % (len(key), MAX_CHANGE_KEY_LENGTH), field='change_key')
     event = {'change_status': status, 'change_key': key,
-             'title': _cut(scrub(title, 'title', required=True), MAX_TITLE_LENGTH, 'title:', warnings)}
+             'title': truncate(scrub(title, 'title', required=True), MAX_TITLE_LENGTH, 'title:', warnings)}
     seconds = parse_event_time(event_time)
     if seconds is not None:
         event['event_time'] = seconds
     if description is not None and _text(description):
-        event['description'] = _cut(scrub(description, 'description'), MAX_DESCRIPTION_LENGTH, 'description:', warnings)
+        event['description'] = truncate(scrub(description, 'description'), MAX_DESCRIPTION_LENGTH, 'description:', warnings)
     if link is not None and _text(link).strip():
         event['link'] = scrub(link, 'link', strip=True)
         if not re.match(r'^https?://\S+$', event['link']):

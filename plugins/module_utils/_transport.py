@@ -47,9 +47,7 @@ class TransportError(Exception):
 
     def __init__(self, reason, unreachable=False, timed_out=False):
         super(TransportError, self).__init__(reason)
-        self.reason = reason
-        self.unreachable = unreachable
-        self.timed_out = timed_out
+        self.reason, self.unreachable, self.timed_out = reason, unreachable, timed_out
 
 
 class StaleConnection(Exception):
@@ -68,9 +66,7 @@ class _DeadlineReader(io.RawIOBase):
 
     def __init__(self, socket_io, sock, deadline):
         super(_DeadlineReader, self).__init__()
-        self._socket_io = socket_io
-        self._sock = sock
-        self._deadline = deadline
+        self._socket_io, self._sock, self._deadline = socket_io, sock, deadline
         self.ended = False  # the peer closed the connection
 
     def readable(self):
@@ -79,8 +75,7 @@ class _DeadlineReader(io.RawIOBase):
     def readinto(self, buffer):
         self._sock.settimeout(_time_left(self._deadline))
         count = self._socket_io.readinto(buffer)
-        if not count:
-            self.ended = True
+        self.ended = self.ended or not count
         return count
 
     def close(self):
