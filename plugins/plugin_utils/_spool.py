@@ -150,15 +150,12 @@ class Spool:
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
             os.mkdir(self.path, 0o700)
+            # Ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name.
+            self._on_directory(lambda fd: os.fchmod(fd, 0o700))
         except FileExistsError:
-            self._check_directory()  # made meanwhile, by another run or by someone else
-            return
+            pass  # made meanwhile, by another run or by someone else: checked below
         except OSError as exc:
             raise self._error('create', exc) from None
-        try:  # ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name
-            self._on_directory(lambda fd: os.fchmod(fd, 0o700))
-        except OSError as exc:
-            raise self._error('secure', exc) from None
         self._check_directory()
 
     def _on_directory(self, action):
@@ -218,11 +215,10 @@ class Spool:
             self._on_directory(os.fsync)
 
     def write(self, endpoint, records, replacing=None):
-        """Add ``records`` (in delivery order) for ``endpoint``; return how many old events were dropped.
+        """Add ``records`` (dicts: ``event``, ``first_failure``, ``last_error``, ``attempts``) for ``endpoint``.
 
-        Each record is a dict: ``event`` (as it would be sent), ``first_failure`` (epoch seconds), ``last_error``,
-        ``attempts``. Beyond ``max_events``, the oldest events go. ``replacing``: the stamp of a batch written by
-        write_ahead() that these records replace; it is deleted once they are written, before the bound is applied.
+        Returns how many old events were dropped to keep ``max_events``. ``replacing``: the stamp of a batch of
+        write_ahead() that these records replace, deleted once they are written, before the bound is applied.
         """
         return self._write_batch(endpoint, list(records), new_stamp(), replacing=replacing)
 
@@ -342,11 +338,8 @@ class Spool:
         return True
 
     def finish(self, batch, endpoint, remaining=()):
-        """Release a claimed batch: write ``remaining`` records back under its stamp, then delete the claim.
-
-        Returns how many old events were dropped to keep the bound. A claim taken over by another run meanwhile
-        writes nothing back (that run sends them).
-        """
+        """Release a claimed batch, ``remaining`` records written back under its stamp (unless another run took the
+        claim over meanwhile: that run sends them); return how many old events were dropped to keep the bound."""
         if not os.path.exists(batch.claim_path):
             return 0
         dropped = self._write_batch(endpoint, list(remaining), batch.stamp, ignore=os.path.basename(batch.claim_path))
