@@ -39,8 +39,8 @@ DEFAULT_LEASE = 600.0
 _NAME = re.compile(r'^(?P<name>(?P<stamp>\d{20}-\d{7}-\d{6})\.(?P<fp>[0-9a-f]{16})\.(?P<count>\d{1,9})\.json)'
                    r'(?:\.claim-(?P<claimed>\d{1,15})-[0-9a-z]{1,40})?$')
 _TEMP_PREFIX = '.tmp-'
-_FLAGS = getattr(os, 'O_NOFOLLOW', 0) | getattr(os, 'O_CLOEXEC', 0)
-_DIRECTORY_FLAGS = os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0) | _FLAGS
+_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _FLAGS
 
 # Stamps come from one monotonic clock anchored to the wall clock, so that they sort in the order this
 # process made them even if the wall clock steps back.
@@ -55,8 +55,7 @@ def _reset_after_fork():
     _CLOCK_LOCK = threading.Lock()
 
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 # A listed spool file: ``free`` when unclaimed, or claimed by a run that outlived the lease.
 _Entry = collections.namedtuple('_Entry', 'name file stamp fp count claimed free')
@@ -84,7 +83,7 @@ def _unlink(path):
 
 def _load(path):
     # O_NONBLOCK: a FIFO planted under a spool name must not hang the run; only regular files are read.
-    fd = os.open(path, os.O_RDONLY | _FLAGS | getattr(os, 'O_NONBLOCK', 0))
+    fd = os.open(path, os.O_RDONLY | _FLAGS | os.O_NONBLOCK)
     with os.fdopen(fd, 'rb') as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError('not a regular file')
@@ -136,7 +135,7 @@ class Spool:
                              'the real directory)' % self.path)
         if not stat.S_ISDIR(info.st_mode):
             raise SpoolError('the Flashduty spool path %s is not a directory' % self.path)
-        if hasattr(os, 'geteuid') and info.st_uid != os.geteuid():
+        if info.st_uid != os.geteuid():
             raise SpoolError('the Flashduty spool directory %s belongs to another user (uid %d); refusing to use it'
                              % (self.path, info.st_uid))
         if mode & 0o077:
@@ -261,7 +260,7 @@ class Spool:
         for entry in entries:
             if excess <= 0:
                 break
-            claim_path = self._take(entry) if entry.free and entry.file != keep else None
+            claim_path = self._take(os.path.join(self.path, entry.file), entry.name) if entry.free and entry.file != keep else None
             if claim_path is None:
                 continue
             cut = entry.count
@@ -278,14 +277,11 @@ class Spool:
             excess -= cut
         return dropped
 
-    def _claim_path(self, name):
-        return os.path.join(self.path, '%s.claim-%d-%s' % (name, int(time.time() * 1000), self._owner))
-
-    def _take(self, entry):
-        """Claim one listed file by renaming it; return the claimed path, or None if another run was faster."""
-        claim_path = self._claim_path(entry.name)
+    def _take(self, path, name):
+        """Claim the file at ``path`` (again) by renaming it: the claimed path, or None if another run was faster."""
+        claim_path = os.path.join(self.path, '%s.claim-%d-%s' % (name, int(time.time() * 1000), self._owner))
         try:
-            os.rename(os.path.join(self.path, entry.file), claim_path)
+            os.rename(path, claim_path)
         except (FileNotFoundError, FileExistsError):
             return None
         return claim_path
@@ -301,7 +297,7 @@ class Spool:
             if entry.fp != endpoint.fingerprint[:16] or not entry.free:
                 continue
             try:
-                claim_path = self._take(entry)
+                claim_path = self._take(os.path.join(self.path, entry.file), entry.name)
             except OSError as exc:
                 problems.append('cannot claim the Flashduty spool file %s: %s' % (os.path.join(self.path, entry.name), exc.strerror or exc))
                 continue
@@ -329,13 +325,12 @@ class Spool:
 
     def renew(self, batch):
         """Refresh a claim so that other runs keep respecting it; False when it was taken over meanwhile."""
-        new_path = self._claim_path(batch.name)
         try:
-            os.rename(batch.claim_path, new_path)
+            new_path = self._take(batch.claim_path, batch.name)
         except OSError:
-            return False
-        batch.claim_path = new_path
-        return True
+            new_path = None
+        batch.claim_path = new_path or batch.claim_path
+        return new_path is not None
 
     def finish(self, batch, endpoint, remaining=()):
         """Release a claimed batch, ``remaining`` records written back under its stamp (unless another run took the
