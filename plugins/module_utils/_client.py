@@ -160,9 +160,7 @@ class FlashdutyClient:
         code = shown(code, secrets, 60) if code else None
         wait = parse_retry_after(answer.headers.get('Retry-After')) if answer.status == 429 else None
         wait = None if wait is None else min(wait, RETRY_AFTER_MAX)
-        reason = ' '.join(part for part in ('HTTP %d' % answer.status, code) if part)
-        if message:
-            reason += ': %s' % shown(message, secrets)
+        reason = 'HTTP %d' % answer.status + (' %s' % code if code else '') + (': %s' % shown(message, secrets) if message else '')
         retryable = answer.status in RETRYABLE_STATUS or code in RETRYABLE_CODES
         return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable), wait
 

@@ -310,21 +310,17 @@ def parse_event_time(value, field='event_time'):
         raise FlashdutyError('%s: must be epoch seconds or an ISO 8601 time, got a boolean' % field, field=field)
     if isinstance(value, float) and not math.isfinite(value):
         raise FlashdutyError('%s: must be a finite number of epoch seconds, got %r' % (field, value), field=field)
-    iso = False
-    if isinstance(value, (int, float)):
-        seconds = int(value)
+    text = None if isinstance(value, (int, float)) else _text(value).strip()
+    iso = text is not None and not re.match(r'^-?\d+(\.\d+)?$', text)
+    if not iso:
+        seconds = int(value) if text is None else int(float(text))
     else:
-        text = _text(value).strip()
-        iso = not re.match(r'^-?\d+(\.\d+)?$', text)
-        if not iso:
-            seconds = int(float(text))
-        else:
-            try:
-                moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))
-                seconds = int((moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)).timestamp())
-            except (ValueError, OverflowError):
-                raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
-                                     % (field, text), field=field)
+        try:
+            moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))
+            seconds = int((moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)).timestamp())
+        except (ValueError, OverflowError):
+            raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
+                                 % (field, text), field=field)
     if seconds < 0:
         raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
     if not iso and seconds >= _MAX_MILLISECONDS:
