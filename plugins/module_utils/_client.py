@@ -114,10 +114,8 @@ class FlashdutyClient:
         self.transport.close()
 
     def send(self, event, deadline=None, deadline_name='the deadline'):
-        """Deliver ``event`` by ``deadline`` (time.monotonic(), retries included): a Delivery, or FlashdutyError.
-
-        ``deadline_name`` says what the deadline is in messages ("the total_timeout of 30 s").
-        """
+        """Deliver ``event`` by ``deadline`` (time.monotonic(), retries included), named ``deadline_name`` in
+        messages ("the total_timeout of 30 s"): a Delivery, or FlashdutyError."""
         body = json.dumps(event, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
         for attempt in itertools.count(1):
             outcome, wait = self._attempt(body, attempt, deadline, deadline_name)
@@ -181,10 +179,8 @@ def explain(error, attempts=1):
 
 
 def run_change_event(params, check_mode, *fallback_endpoints):
-    """The change_event task, from its validated ``params`` to an Ansible result dict (``failed``, ``msg``, ``warnings``...).
-
-    The endpoint comes from ``params``, then from each fallback source in turn (resolve_endpoint()).
-    """
+    """The change_event task, from its validated ``params`` to an Ansible result dict (``failed``, ``msg``, ``warnings``...);
+    the endpoint comes from ``params``, then from each fallback source in turn (resolve_endpoint())."""
     result = dict(changed=False)
     for name in ('timeout', 'retries', 'total_timeout'):
         problem = option_problem(name, params.get(name, OPTION_RANGES[name][3]))

@@ -412,10 +412,8 @@ def endpoint_settings(mapping, column):
 
 
 def resolve_endpoint(*sources):
-    """The Endpoint from endpoint settings (mappings as endpoint_settings() makes), most specific source first.
-
-    The first source naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source.
-    """
+    """The Endpoint from endpoint settings (mappings as endpoint_settings() makes), most specific source first: the
+    first naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source."""
     api_url = next((source.get('api_url') for source in sources if source.get('api_url')), None)
     for source in sources:
         if source.get('push_url'):

@@ -222,10 +222,8 @@ class Spool:
         return self._write_batch(endpoint, list(records), new_stamp(), replacing=replacing)
 
     def write_ahead(self, endpoint, records):
-        """Write ``records`` before trying to deliver them, so that a process killed meanwhile loses none.
-
-        Returns the batch's stamp for write(replacing=). The bound is not applied: they are on their way out.
-        """
+        """Write ``records`` before trying to deliver them, so that a process killed meanwhile loses none; return the
+        batch's stamp for write(replacing=). The bound is not applied: they are on their way out."""
         stamp = new_stamp()
         self._write_batch(endpoint, list(records), stamp, trim=False)
         return stamp
