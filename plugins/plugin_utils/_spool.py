@@ -5,16 +5,14 @@
 
 """The on-disk spool of change events not delivered yet, on the controller. Private to this collection.
 
-One directory (0700), one JSON file (0600) per batch of events for one endpoint, named
-``<stamp>.<fp16>.<count>.json``: the stamp sorts batches oldest first; fp16 starts the Endpoint's fingerprint
-(the URL holds the integration key, so neither is ever stored); count lets bounding the spool and counting an
-endpoint's events need only a listing. A run claims a batch by renaming it to ``<name>.claim-<epoch ms>-<owner>``
-(one run wins), then deletes it or writes what is left back under the same stamp; a claim older than the lease
-belongs to a run that died. Writes go to a hidden temporary file renamed into place.
-
-The directory may sit in a shared place (/tmp): a symbolic link, another user's directory or one open to other
-users is refused, never followed or chmod-ed. Files are created with O_EXCL|O_NOFOLLOW and read with O_NOFOLLOW,
-regular files only, so a link or a FIFO planted inside is set aside as unreadable, never followed.
+One directory (0700), one JSON file (0600) per batch for one endpoint: ``<stamp>.<fp16>.<count>.json``. The stamp
+sorts batches oldest first; fp16 starts the Endpoint's fingerprint (the URL holds the integration key: neither is
+stored); count lets bounding and counting need only a listing. A run claims a batch by renaming it to
+``<name>.claim-<epoch ms>-<owner>`` (one run wins), then deletes it or writes what is left back under its stamp; a
+claim older than the lease belongs to a run that died. Writes go to a hidden temporary file renamed into place.
+The directory may sit in a shared /tmp: a symbolic link, another user's directory or one open to others is refused,
+never followed or chmod-ed. Files are created O_EXCL|O_NOFOLLOW and read O_NOFOLLOW, regular files only: a link or
+FIFO planted inside is set aside as unreadable.
 """
 
 from __future__ import absolute_import, division, print_function
