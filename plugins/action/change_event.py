@@ -139,9 +139,7 @@ def ini_endpoint_settings():
         parser.read(C.CONFIG_FILE or (), encoding='utf-8')
     except (configparser.Error, OSError, UnicodeDecodeError):
         return {}  # Ansible itself has read the file already: nothing here is worth failing the task for
-    if not parser.has_section(INI_SECTION):
-        return {}
-    return endpoint_settings(dict(parser.items(INI_SECTION, raw=True)), 'ini')
+    return endpoint_settings(dict(parser.items(INI_SECTION, raw=True)), 'ini') if parser.has_section(INI_SECTION) else {}
 
 
 def main():
