@@ -42,22 +42,6 @@ OPTION_VARIABLES = (('change_key', 'flashduty_change_key'), ('title', 'flashduty
                     ('link', 'flashduty_change_link'))
 
 
-def task_argument_spec():
-    """The module's options as a task may write them: those a variable can fill are not required."""
-    spec = change_event_argument_spec()
-    for option in (option for option, _variable in OPTION_VARIABLES):
-        spec[option] = dict(spec[option], required=False)
-    return spec
-
-
-def _messages(errors):
-    """Validation errors as Ansible's modules word them (an unknown option names the module)."""
-    for error in errors:
-        if isinstance(error, UnsupportedError):
-            yield 'Unsupported parameters for (%s) module: %s' % (FQCN, error.msg)
-        else:
-            yield error.msg
-
 
 class ActionModule(ActionBase):
     """Sends the event from the controller: no delegate_to, no module shipped to the host."""
@@ -71,8 +55,7 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         try:
             if not boolean(self._variable(task_vars, 'flashduty_enabled', True), strict=False):
-                result.update(changed=False, skipped=True, msg='flashduty_enabled is false: no change event sent')
-                return result
+                return dict(result, changed=False, skipped=True, msg='flashduty_enabled is false: no change event sent')
             params = self._validated_params(task_vars)
             # Task argument > play or inventory variable > environment > ansible.cfg, as everywhere.
             fallbacks = [endpoint_settings(os.environ, 'environment'), ini_endpoint_settings()]
@@ -82,8 +65,7 @@ class ActionModule(ActionBase):
                 # A key given to the task still goes to the API URL of the variable, before the environment's.
                 fallbacks.insert(0, {'api_url': self._variable(task_vars, 'flashduty_api_url')})
         except FlashdutyError as exc:
-            result.update(failed=True, changed=False, msg=exc.message)
-            return result
+            return dict(result, failed=True, changed=False, msg=exc.message)
         outcome = run_change_event(params, self._task.check_mode, *fallbacks)
         for warning in outcome.pop('warnings', []):
             self._display.warning(warning)
@@ -98,8 +80,10 @@ class ActionModule(ActionBase):
         if args.get('labels') is not None:
             require_mapping(args['labels'])
         validation = ArgumentSpecValidator(change_event_argument_spec(), mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE).validate(args)
-        if validation.error_messages:
-            raise FlashdutyError(redact("; ".join(_messages(validation.errors.errors))))
+        if validation.error_messages:  # worded as Ansible's modules word them: an unknown option names the module
+            raise FlashdutyError(redact('; '.join(
+                'Unsupported parameters for (%s) module: %s' % (FQCN, error.msg) if isinstance(error, UnsupportedError) else error.msg
+                for error in validation.errors.errors)))
         params = validation.validated_parameters
         labels = {}
         shared_labels = self._variable(task_vars, 'flashduty_labels')
@@ -126,27 +110,16 @@ class ActionModule(ActionBase):
         play = self._task.get_play()
         hosts = list(task_vars.get('ansible_play_hosts_all') or ())
         targets = set(hosts)
-        memberships = task_vars.get('groups') or {}
+        groups = (name for name, members in (task_vars.get('groups') or {}).items() if targets.intersection(members))
         user, controller = _play.controller_identity()
         ci = _play.detect_ci(os.environ, task_vars) or {}
-        playbooks = context.CLIARGS.get('args') or ()
         cli = context.CLIARGS
         return dict(
-            hosts=hosts,
-            groups=_play.visible_groups(name for name, members in memberships.items() if targets.intersection(members)),
-            play=plain(task_vars.get('ansible_play_name') or play.get_name()),
-            playbook=','.join(_play.playbook_label(path) for path in playbooks) or None,
-            pattern=play.hosts,
-            limit=cli.get('subset') or None,
-            tags=cli.get('tags'),
-            skip_tags=cli.get('skip_tags'),
-            check_mode=bool(self._task.check_mode),
-            controller_user=user,
-            controller_host=controller,
-            ansible_version=ansible_version,
-            ci_labels=ci.get('labels'),
-            ci_link=ci.get('link'),
-        )
+            hosts=hosts, groups=_play.visible_groups(groups), play=plain(task_vars.get('ansible_play_name') or play.get_name()),
+            playbook=','.join(_play.playbook_label(path) for path in cli.get('args') or ()) or None, pattern=play.hosts,
+            limit=cli.get('subset') or None, tags=cli.get('tags'), skip_tags=cli.get('skip_tags'),
+            check_mode=bool(self._task.check_mode), controller_user=user, controller_host=controller,
+            ansible_version=ansible_version, ci_labels=ci.get('labels'), ci_link=ci.get('link'))
 
     def _variable(self, task_vars, name, default=None):
         """A variable templated and, when vaulted, decrypted; ``default`` when undefined."""
@@ -166,22 +139,20 @@ def ini_endpoint_settings():
         parser.read(C.CONFIG_FILE or (), encoding='utf-8')
     except (configparser.Error, OSError, UnicodeDecodeError):
         return {}  # Ansible itself has read the file already: nothing here is worth failing the task for
-    if not parser.has_section(INI_SECTION):
-        return {}
-    return endpoint_settings(dict(parser.items(INI_SECTION, raw=True)), 'ini')
+    return endpoint_settings(dict(parser.items(INI_SECTION, raw=True)), 'ini') if parser.has_section(INI_SECTION) else {}
 
 
 def main():
-    """Validate a task's arguments against the options this action accepts, and exit; nothing is sent.
+    """Validate a task's arguments as ActionModule.run() does (a variable may fill some), and exit; nothing is sent.
 
-    Never run by Ansible, which runs ActionModule. Linters that check a task's arguments by running the
-    main() of the plugin the action resolves to (ansible-lint's args rule) get the module's own validation,
-    the same one ActionModule.run() applies, with the options a variable can fill not required.
+    Never run by Ansible: for linters that run the main() of the plugin an action resolves to (ansible-lint's args rule).
     """
     from ansible.module_utils.basic import AnsibleModule  # looked up at call time: the linter substitutes it
 
-    module = AnsibleModule(argument_spec=task_argument_spec(), mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE,
-                           supports_check_mode=True)
+    spec = change_event_argument_spec()
+    for option, _variable in OPTION_VARIABLES:
+        spec[option] = dict(spec[option], required=False)
+    module = AnsibleModule(argument_spec=spec, mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE, supports_check_mode=True)
     module.exit_json(changed=False, msg='the arguments are valid')
 
 

@@ -5,15 +5,17 @@
 
 """Delivering one change event: Flashduty's verdict on an answer, retries, and the change_event task.
 
-Private to this collection: not a public API, may change without notice.
+Private to this collection.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import datetime
 import email.utils
+import itertools
 import json
 import random
 import re
@@ -41,18 +43,8 @@ BACKOFF_MAX = 8.0
 RETRY_AFTER_MAX = 60.0
 REQUEST_ID_HEADER = 'Flashcat-Request-Id'
 UNREACHABLE_HINT = 'check that this machine can reach the Flashduty API (egress, proxy, DNS)'
-
-
-class Delivery:
-    """What Flashduty answered to an accepted event."""
-
-    __slots__ = ('request_id', 'status_code', 'attempts', 'data')
-
-    def __init__(self, request_id, status_code, attempts, data=None):
-        self.request_id = request_id
-        self.status_code = status_code
-        self.attempts = attempts
-        self.data = data
+# What Flashduty answered to an accepted event.
+Delivery = collections.namedtuple('Delivery', 'request_id status_code attempts data')
 
 
 def backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_MAX, rand=random.random):
@@ -63,29 +55,21 @@ def backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_MAX, rand=random.rando
 
 def parse_retry_after(value, now=None):
     """Seconds to wait from a Retry-After header (seconds or HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
+    value = (value or '').strip()
     if re.match(r'^\d+(\.\d+)?$', value):
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+    except (TypeError, ValueError, IndexError, AttributeError):  # AttributeError: None, before Python 3.10
         return None
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    now = time.time() if now is None else now
-    return max(0.0, moment.timestamp() - now)
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
 
 
 def describe_answer(answer):
-    """Flashduty's verdict on one answer, as the server wrote it: ``(request_id, error_code, message, data)``.
-
-    Nothing here is redacted: FlashdutyClient masks what it shows (``shown()``).
-    """
-    request_id = answer.headers.get(REQUEST_ID_HEADER) if answer.headers is not None else None
+    """Flashduty's verdict on one answer, as the server wrote it (not redacted): ``(request_id, error_code, message, data)``."""
+    request_id = answer.headers.get(REQUEST_ID_HEADER)
     code = message = data = None
     try:
         document = json.loads(answer.body.decode('utf-8')) if answer.body else None
@@ -102,7 +86,7 @@ def describe_answer(answer):
         data = document.get('data')
     elif 300 <= answer.status < 400:
         code = 'Redirect'
-        location = answer.headers.get('Location') if answer.headers is not None else None
+        location = answer.headers.get('Location')
         message = 'the push URL redirects%s: copy the push URL again from the Flashduty integration page' % (
             ' to %s' % location if location else '')
     elif answer.status < 300:
@@ -113,11 +97,9 @@ def describe_answer(answer):
 class FlashdutyClient:
     """Sends change events to one Endpoint, retrying what is transient.
 
-    Retries timeouts, connection failures, 429 (honouring Retry-After) and
-    500/502/503/504 with exponential backoff and jitter, up to ``retries``
-    times and never past the ``deadline`` given to send(). ``timeout`` bounds
-    each attempt in wall-clock time, whatever the server does. Other answers
-    fail at once. Everything taken from an answer is redacted and made one line.
+    Timeouts, connection failures, 429 (honouring Retry-After) and 500/502/503/504 are retried with exponential
+    backoff and jitter, up to ``retries`` times and never past send()'s ``deadline``; other answers fail at once.
+    ``timeout`` bounds each attempt in wall-clock time. What is taken from an answer is redacted and made one line.
     """
 
     def __init__(self, endpoint, timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES, validate_certs=True, ca_path=None,
@@ -132,27 +114,23 @@ class FlashdutyClient:
         self.transport.close()
 
     def send(self, event, deadline=None, deadline_name='the deadline'):
-        """Deliver ``event``; return a Delivery or raise FlashdutyError.
-
-        ``deadline`` (a time.monotonic() value) bounds everything, retries
-        included; ``deadline_name`` says what it is in messages ("the
-        total_timeout of 30 s").
-        """
+        """Deliver ``event`` by ``deadline`` (time.monotonic(), retries included), named ``deadline_name`` in
+        messages ("the total_timeout of 30 s"): a Delivery, or FlashdutyError."""
         body = json.dumps(event, ensure_ascii=False, separators=(',', ':')).encode('utf-8')
-        attempt = 0
-        while True:
-            attempt += 1
+        for attempt in itertools.count(1):
             outcome, wait = self._attempt(body, attempt, deadline, deadline_name)
             if isinstance(outcome, Delivery):
                 return outcome
-            if not outcome.retryable or attempt > self.retries:
-                raise self._final(outcome, attempt)
-            if wait is None:
-                wait = backoff_delay(attempt)
-            if deadline is not None and time.monotonic() + wait >= deadline:
+            if outcome.retryable and attempt <= self.retries:
+                wait = backoff_delay(attempt) if wait is None else wait
+                if deadline is None or time.monotonic() + wait < deadline:
+                    self._sleep(wait)
+                    continue
                 outcome.reason += '; no time left for another attempt within %s' % deadline_name
-                raise self._final(outcome, attempt)
-            self._sleep(wait)
+            # As reported: the endpoint, the reason, request_id, attempts and what to check.
+            outcome.message = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(outcome, attempt))
+            outcome.args = (outcome.message,)
+            raise outcome
 
     def _attempt(self, body, attempt, deadline, deadline_name):
         """One attempt: ``(Delivery, None)`` or ``(FlashdutyError not yet final, seconds to wait or None)``."""
@@ -178,23 +156,11 @@ class FlashdutyClient:
         if 200 <= answer.status < 300 and code is None:
             return Delivery(request_id, answer.status, attempt, data), None
         code = shown(code, secrets, 60) if code else None
-        wait = None
-        if answer.status == 429:
-            wait = parse_retry_after(answer.headers.get('Retry-After'))
-            if wait is not None:
-                wait = min(wait, RETRY_AFTER_MAX)
-        reason = ' '.join(part for part in ('HTTP %d' % answer.status, code) if part)
-        if message:
-            reason += ': %s' % shown(message, secrets)
+        wait = parse_retry_after(answer.headers.get('Retry-After')) if answer.status == 429 else None
+        wait = None if wait is None else min(wait, RETRY_AFTER_MAX)
+        reason = 'HTTP %d' % answer.status + (' %s' % code if code else '') + (': %s' % shown(message, secrets) if message else '')
         retryable = answer.status in RETRYABLE_STATUS or code in RETRYABLE_CODES
         return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable), wait
-
-    def _final(self, error, attempts):
-        """The error as reported: the endpoint, the reason, request_id, attempts and what to check."""
-        text = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(error, attempts))
-        error.message = text
-        error.args = (text,)
-        return error
 
 
 def explain(error, attempts=1):
@@ -213,18 +179,13 @@ def explain(error, attempts=1):
 
 
 def run_change_event(params, check_mode, *fallback_endpoints):
-    """The change_event task, from its validated ``params`` to an Ansible result dict.
-
-    The endpoint comes from ``params`` first, then from each fallback source
-    in turn (see resolve_endpoint); ``event_time`` defaults to now. The result
-    carries ``failed``, ``msg`` and ``warnings`` as Ansible expects.
-    """
+    """The change_event task, from its validated ``params`` to an Ansible result dict (``failed``, ``msg``, ``warnings``...);
+    the endpoint comes from ``params``, then from each fallback source in turn (resolve_endpoint())."""
     result = dict(changed=False)
     for name in ('timeout', 'retries', 'total_timeout'):
         problem = option_problem(name, params.get(name, OPTION_RANGES[name][3]))
         if problem is not None:
-            result.update(failed=True, msg=problem)
-            return result
+            return dict(result, failed=True, msg=problem)
     try:
         endpoint = resolve_endpoint(params, *fallback_endpoints)
         result['endpoint'] = endpoint.masked
@@ -234,25 +195,21 @@ def run_change_event(params, check_mode, *fallback_endpoints):
             description=params.get('description'), link=params.get('link'), labels=params.get('labels'),
             event_time=time.time() if event_time is None else event_time, secrets=endpoint.secrets)
     except FlashdutyError as exc:
-        result.update(failed=True, msg=exc.message)
-        return result
+        return dict(result, failed=True, msg=exc.message)
     result.update(event=event, warnings=url_warnings(endpoint, params.get('validate_certs', True)) + warnings)
     if check_mode:
-        result.update(changed=True, msg='check mode: the change event is valid and was not sent')
-        return result
-    client = None
+        return dict(result, changed=True, msg='check mode: the change event is valid and was not sent')
     total_timeout = params.get('total_timeout', DEFAULT_TOTAL_TIMEOUT)
     try:
         client = FlashdutyClient(endpoint, timeout=params['timeout'], retries=params['retries'],
                                  validate_certs=params['validate_certs'], ca_path=params['ca_path'])
-        delivery = client.send(event, deadline=time.monotonic() + total_timeout,
-                               deadline_name='the total_timeout of %.1f s' % total_timeout)
-    except FlashdutyError as exc:
-        result.update(failed=True, msg=exc.message, request_id=exc.request_id, status_code=exc.status_code)
-        return result
-    finally:
-        if client is not None:
+        try:
+            delivery = client.send(event, deadline=time.monotonic() + total_timeout,
+                                   deadline_name='the total_timeout of %.1f s' % total_timeout)
+        finally:
             client.close()
+    except FlashdutyError as exc:
+        return dict(result, failed=True, msg=exc.message, request_id=exc.request_id, status_code=exc.status_code)
     result.update(changed=True, request_id=delivery.request_id, status_code=delivery.status_code,
                   msg='Flashduty accepted the %s event for change %s' % (event['change_status'], event['change_key']))
     return result

@@ -3,15 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Flashduty change-event protocol: payload rules, labels, URLs, redaction and delivery.
+"""The Flashduty change-event protocol, in one place for every entry point: the event's fields and limits, labels,
+the push URL (resolved once into an Endpoint) and redaction. Sending is in ``_client`` over ``_transport``.
 
-Private to this collection: not a public API, may change without notice.
-
-Everything that knows about the Flashduty protocol lives here, so that the
-module, the action plugin, the callback and the role all follow the same rules:
-the event's fields and limits, labels, the push URL (resolved once into an
-Endpoint) and redaction. Sending is in ``_client`` over ``_transport``.
-Standard library only, so that the module also runs on its own.
+Private to this collection. Standard library only, so that the module also runs on its own.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -78,35 +73,22 @@ _KEY_IN_TEXT = re.compile(r'(%s(?:=|%%3D))(?!\*{4})[^&\s\'"<>]+' % KEY_PARAM, re
 
 
 class FlashdutyError(Exception):
-    """A change event that could not be built or delivered.
+    """A change event that could not be built or delivered; the message never holds the integration key.
 
-    The message never contains the integration key. ``field`` names the
-    offending parameter for validation errors. For delivery failures the
-    answer's facts travel as fields, never to be parsed back out of the
-    message: ``reason`` (what went wrong, without the endpoint), ``status_code``,
-    ``code`` (Flashduty's error code), ``request_id``, ``retryable`` (transient:
-    timeouts, resets, 429, 5xx; the event may be sent again later) and
-    ``unreachable`` (no answer could be had at all: refused, unresolvable).
+    ``field`` names the parameter of a validation error. A delivery failure's facts travel as fields, never to be
+    parsed back out of the message: ``reason`` (without the endpoint), ``status_code``, ``code`` (Flashduty's),
+    ``request_id``, ``retryable`` (timeouts, resets, 429, 5xx) and ``unreachable`` (refused, unresolvable).
     """
 
-    def __init__(self, message, field=None, status_code=None, code=None, request_id=None, retryable=False,
-                 reason=None, unreachable=False):
+    def __init__(self, message, field=None, status_code=None, code=None, request_id=None, retryable=False, unreachable=False):
         super(FlashdutyError, self).__init__(message)
-        self.message = message
-        self.field = field
-        self.status_code = status_code
-        self.code = code
-        self.request_id = request_id
-        self.retryable = retryable
-        self.reason = message if reason is None else reason
-        self.unreachable = unreachable
-
-    def __str__(self):
-        return self.message
+        self.message = self.reason = message
+        self.field, self.status_code, self.code, self.request_id = field, status_code, code, request_id
+        self.retryable, self.unreachable = retryable, unreachable
 
 
 def _text(value):
-    """Return an exact ``str`` (not Ansible's tagged or unsafe subclasses)."""
+    """An exact ``str`` (not Ansible's tagged or unsafe subclasses)."""
     if isinstance(value, bytes):
         return value.decode('utf-8', errors='replace')
     return '%s' % (value,)
@@ -121,25 +103,11 @@ def redact(text, secrets=()):
     return _KEY_IN_TEXT.sub(r'\g<1>' + MASK, text)
 
 
-def _key_forms(query):
-    """The integration key(s) in a URL's query string, as written, decoded and encoded: what redact() must mask."""
-    keys = set()
-    for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, query):
-        keys.update((raw, unquote(raw), quote(unquote(raw), safe='')))
-    return tuple(sorted(key for key in keys if key))
-
-
-def mask_url(url):
-    """A URL as it may be shown to people: ``...?integration_key=****``."""
-    return redact(url)
+mask_url = redact  # a URL as it may be shown to people: ...?integration_key=****
 
 
 def shown(text, secrets=(), limit=300):
-    """Text that came from elsewhere (a server's answer), fit for one line of a message.
-
-    The key is masked, control characters (CR, LF...) become spaces so that a
-    warning stays one line, and the text is cut at ``limit`` characters.
-    """
+    """Text from elsewhere (a server's answer) as one line of a message: key masked, controls made spaces, cut."""
     text = ''.join(' ' if ch < ' ' or ch == '\x7f' else ch for ch in redact(text, secrets))
     return truncate(' '.join(text.split()), limit)
 
@@ -147,10 +115,8 @@ def shown(text, secrets=(), limit=300):
 class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port target masked secrets fingerprint')):
     """A push URL resolved once, with everything derived from it; pass this, not the URL.
 
-    ``target`` is what a request asks for (path and query), ``masked`` the URL as
-    it may be shown, ``secrets`` what redact() must mask (the key as written,
-    decoded and encoded), ``fingerprint`` the sha256 hex of the URL, which the
-    spool stores instead of the URL.
+    ``target``: path and query to ask for; ``masked``: the URL as shown; ``secrets``: the key as written, decoded
+    and encoded, for redact(); ``fingerprint``: the URL's sha256 hex, which the spool stores instead of the URL.
     """
 
     __slots__ = ()
@@ -165,10 +131,13 @@ class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port target m
 def endpoint_for(url, parts=None):
     """The Endpoint of a URL that build_endpoint() validated (``parts``: its urlsplit(), when at hand)."""
     parts = parts or urlsplit(url)
-    https = parts.scheme == 'https'
-    return Endpoint(url=url, scheme=parts.scheme, host=parts.hostname, port=parts.port or (443 if https else 80),
+    keys = set()
+    for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, parts.query):
+        keys.update((raw, unquote(raw), quote(unquote(raw), safe='')))
+    return Endpoint(url=url, scheme=parts.scheme, host=parts.hostname, port=parts.port or (443 if parts.scheme == 'https' else 80),
                     target=parts.path + ('?' + parts.query if parts.query else ''), masked=mask_url(url),
-                    secrets=_key_forms(parts.query), fingerprint=hashlib.sha256(url.encode('utf-8', 'surrogatepass')).hexdigest())
+                    secrets=tuple(sorted(key for key in keys if key)),
+                    fingerprint=hashlib.sha256(url.encode('utf-8', 'surrogatepass')).hexdigest())
 
 
 def _shown_url(url):
@@ -179,36 +148,33 @@ def _shown_url(url):
 
 def _split_url(url, field):
     url = _text(url).strip()
+    got = ' (got %s)' % _shown_url(url)
     if not url:
-        raise FlashdutyError('%s: must not be empty' % field, field=field)
-    if any(ch.isspace() for ch in url):
-        raise FlashdutyError('%s: must not contain spaces or other white space (got %s)' % (field, _shown_url(url)), field=field)
-    if not url.isascii():
-        raise FlashdutyError('%s: must be ASCII: percent-encode other characters, and write an international host name in '
-                             'its xn-- form (got %s)' % (field, _shown_url(url)), field=field)
-    parts = urlsplit(url)
-    if parts.scheme not in ('http', 'https') or '://' not in url:
-        raise FlashdutyError(
-            '%s: must be an https:// URL (got %s)' % (field, _shown_url(url) if '://' in url else 'no scheme in %s' % _shown_url(url)),
-            field=field)
-    if not parts.hostname:
-        raise FlashdutyError('%s: has no host name (got %s)' % (field, _shown_url(url)), field=field)
-    try:
-        _port = parts.port  # raises ValueError when not a number from 0 to 65535
-    except ValueError:
-        raise FlashdutyError('%s: has an invalid port (got %s)' % (field, _shown_url(url)), field=field)
-    return url, parts
+        problem = 'must not be empty'
+    elif any(ch.isspace() for ch in url):
+        problem = 'must not contain spaces or other white space' + got
+    elif not url.isascii():
+        problem = 'must be ASCII: percent-encode other characters, and write an international host name in its xn-- form' + got
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ('http', 'https') or '://' not in url:
+            problem = 'must be an https:// URL (got %s)' % (_shown_url(url) if '://' in url else 'no scheme in %s' % _shown_url(url))
+        elif not parts.hostname:
+            problem = 'has no host name' + got
+        else:
+            try:
+                _port = parts.port  # raises ValueError when not a number from 0 to 65535
+                return url, parts
+            except ValueError:
+                problem = 'has an invalid port' + got
+    raise FlashdutyError('%s: %s' % (field, problem), field=field)
 
 
 def build_endpoint(push_url=None, integration_key=None, api_url=None):
-    """The Endpoint to POST to, from a push URL or from an integration key and API URL.
-
-    A push URL wins over a key; ``api_url`` defaults to Flashduty's public API.
-    """
+    """The Endpoint to POST to: a push URL wins over a key, whose ``api_url`` defaults to Flashduty's public API."""
     if push_url:
         url, parts = _split_url(push_url, 'push_url')
-        keys = [k for k in parse_qs(parts.query, keep_blank_values=True).get(KEY_PARAM, []) if k.strip()]
-        if not keys:
+        if not any(key.strip() for key in parse_qs(parts.query, keep_blank_values=True).get(KEY_PARAM, [])):
             raise FlashdutyError(
                 'push_url: must carry the integration key as ?%s=... (copy the push URL from the Flashduty '
                 'integration page; got %s)' % (KEY_PARAM, _shown_url(url)), field='push_url')
@@ -252,9 +218,7 @@ def label_value(value):
 def label_key(name):
     """A label name in Prometheus style: ``k8s-cluster`` -> ``k8s_cluster``, ``2fa`` -> ``_2fa``."""
     key = _NOT_IN_LABEL_KEY.sub('_', _text(name).strip())
-    if key[:1].isdigit():
-        key = '_' + key
-    return key
+    return '_' + key if key[:1].isdigit() else key
 
 
 def masked_warning(fields):
@@ -264,17 +228,7 @@ def masked_warning(fields):
 
 
 def normalize_labels(labels, field='labels', secrets=(), strict=True):
-    """Validate and stringify labels. Returns ``(labels, warnings)``.
-
-    Names are rewritten to Prometheus style (see label_key) with one warning
-    naming each old and new name; one that is then empty or over 128
-    characters, or the same as another's, is an error. Values of any type
-    become strings, ``None`` drops the label, ``secrets`` (and any
-    ``integration_key=...``) are masked with one warning, and values over 2048
-    characters are truncated with a warning. At most 50 labels.
-    With ``strict`` false, a label that cannot be rewritten is left out with a
-    warning instead, and the cap of 50 is left to the caller.
-    """
+    """Labels validated and made strings: ``(labels, warnings)``; see normalize_labels_masked()."""
     result, warnings, masked = normalize_labels_masked(labels, field, secrets, strict)
     if masked:
         warnings.append(masked_warning(masked))
@@ -282,16 +236,16 @@ def normalize_labels(labels, field='labels', secrets=(), strict=True):
 
 
 def normalize_labels_masked(labels, field, secrets, strict):
-    """normalize_labels(), with the fields whose content was masked returned apart, not warned about:
-    ``(labels, warnings, masked)``; for a caller that names them in the one warning of its event."""
+    """Labels validated and made strings: ``(labels, warnings, masked)``, ``masked`` naming where a key was masked.
+
+    Names are rewritten to Prometheus style (label_key()) with one warning; one then empty, over 128 characters
+    or the same as another's is an error, or with ``strict`` false left out with a warning (and the cap of 50
+    labels left to the caller). ``None`` drops a label; values over 2048 characters are cut with a warning.
+    """
     if labels is None:
         return {}, [], []
     require_mapping(labels, field)
-    result = {}
-    origins = {}
-    warnings = []
-    rewritten = []
-    masked = []
+    result, origins, warnings, rewritten, masked = {}, {}, [], [], []
     for raw_key, raw_value in labels.items():
         value = label_value(raw_value)
         if value is None:
@@ -317,12 +271,8 @@ def normalize_labels_masked(labels, field, secrets, strict):
         text = redact(value, secrets)
         if text != value:
             masked.append('%s.%s' % (field, key))
-        if len(text) > MAX_LABEL_VALUE_LENGTH:
-            warnings.append('%s: the value of label %r was %d characters long and was truncated to %d'
-                            % (field, key, len(text), MAX_LABEL_VALUE_LENGTH))
-            text = truncate(text, MAX_LABEL_VALUE_LENGTH)
         origins[key] = name
-        result[key] = text
+        result[key] = truncate(text, MAX_LABEL_VALUE_LENGTH, '%s: the value of label %r' % (field, key), warnings)
     if rewritten:
         warnings.insert(0, '%s: label names rewritten to Prometheus style (letters, digits and underscores, not starting '
                         'with a digit): %s' % (field, ', '.join(rewritten)))
@@ -334,35 +284,25 @@ def normalize_labels_masked(labels, field, secrets, strict):
 def require_mapping(labels, field='labels'):
     """Fail unless ``labels`` is a dict of label names to values."""
     if not isinstance(labels, Mapping):
-        raise FlashdutyError('%s: must be a dict (a mapping of label names to values), got %s' % (field, _type_name(labels)), field=field)
+        kind = next((name for types, name in (((list, tuple), 'a list'), (bool, 'a boolean'), ((int, float), 'a number'),
+                                              ((str, bytes), 'a string')) if isinstance(labels, types)), type(labels).__name__)
+        raise FlashdutyError('%s: must be a dict (a mapping of label names to values), got %s' % (field, kind), field=field)
 
 
-def truncate(text, limit):
-    """Shorten ``text`` to ``limit`` characters, marking the cut."""
+def truncate(text, limit, what=None, warnings=None):
+    """Shorten ``text`` to ``limit`` characters, marking the cut; with ``what``, warn of a cut in ``warnings``."""
     if len(text) <= limit:
         return text
+    if what is not None:
+        warnings.append('%s was %d characters long and was truncated to %d' % (what, len(text), limit))
     return text[:limit - 3] + '...'
 
 
-def _type_name(value):
-    if isinstance(value, (list, tuple)):
-        return 'a list'
-    if isinstance(value, bool):
-        return 'a boolean'
-    if isinstance(value, (int, float)):
-        return 'a number'
-    if isinstance(value, (str, bytes)):
-        return 'a string'
-    return type(value).__name__
-
-
 def parse_event_time(value, field='event_time'):
-    """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 string.
+    """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 time (UTC when it names no zone).
 
-    ISO times without a zone are taken as UTC, and any ISO time is valid (Flashduty
-    takes int64 seconds). A number too large for seconds (10^11 is the year 5138)
-    is refused, as milliseconds when it is in their range, rather than sent as a
-    date thousands of years away.
+    A number too large for seconds (10^11 is the year 5138) is refused, as milliseconds when in their range,
+    rather than sent as a date thousands of years away; any ISO time is valid (Flashduty takes int64 seconds).
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -370,58 +310,34 @@ def parse_event_time(value, field='event_time'):
         raise FlashdutyError('%s: must be epoch seconds or an ISO 8601 time, got a boolean' % field, field=field)
     if isinstance(value, float) and not math.isfinite(value):
         raise FlashdutyError('%s: must be a finite number of epoch seconds, got %r' % (field, value), field=field)
-    if isinstance(value, (int, float)):
-        seconds = int(value)
+    text = None if isinstance(value, (int, float)) else _text(value).strip()
+    iso = text is not None and not re.match(r'^-?\d+(\.\d+)?$', text)
+    if not iso:
+        seconds = int(value) if text is None else int(float(text))
     else:
-        text = _text(value).strip()
-        if not re.match(r'^-?\d+(\.\d+)?$', text):
-            seconds = _parse_iso8601(text, field)
-            if seconds < 0:
-                raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
-            return seconds
-        seconds = int(float(text))
+        try:
+            moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))
+            seconds = int((moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)).timestamp())
+        except (ValueError, OverflowError):
+            raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
+                                 % (field, text), field=field)
     if seconds < 0:
         raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
-    if seconds >= _MAX_MILLISECONDS:
+    if not iso and seconds >= _MAX_MILLISECONDS:
         raise FlashdutyError('%s: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
                              'in seconds or an ISO 8601 time' % (field, value), field=field)
-    if seconds >= MAX_EVENT_TIME:
+    if not iso and seconds >= MAX_EVENT_TIME:
         raise FlashdutyError('%s: %r looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix '
                              'time in seconds' % (field, value), field=field)
     return seconds
 
 
-def _parse_iso8601(text, field):
-    candidate = text
-    if candidate[-1:] in ('Z', 'z'):
-        candidate = candidate[:-1] + '+00:00'
-    candidate = re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', candidate)
-    try:
-        moment = datetime.datetime.fromisoformat(candidate)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
-        return int(moment.timestamp())
-    except (ValueError, OverflowError):
-        raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
-                             % (field, text), field=field)
-
-
-def _required_text(value, field):
-    text = '' if value is None else _text(value)
-    if not text.strip():
-        raise FlashdutyError('%s: is required and must not be empty' % field, field=field)
-    return text
-
-
 def build_event(change_status, change_key, title, description=None, link=None, labels=None, event_time=None, secrets=(),
                 masked=()):
-    """Build and validate one change event. Returns ``(event, warnings)``.
+    """One change event, validated: ``(event, warnings)``; the event holds only the fields given.
 
-    The event is a plain dict ready for JSON, holding only the fields given.
-    ``secrets`` (the Endpoint's secrets) and any ``integration_key=...``
-    are masked in every field, with one warning, before the event is shown,
-    spooled or sent; ``masked`` names fields masked before (user labels), for
-    that warning.
+    ``secrets`` (the Endpoint's) and any ``integration_key=...`` are masked in every field, with one warning,
+    before the event is shown, spooled or sent; ``masked`` names fields masked before (user labels).
     """
     status = _text(change_status) if change_status is not None else ''
     if status not in CHANGE_STATUSES:
@@ -430,36 +346,31 @@ def build_event(change_status, change_key, title, description=None, link=None, l
     warnings = []
     masked = list(masked)
 
-    def scrub(text, field):
+    def scrub(value, field, strip=False, required=False):
+        text = '' if value is None else _text(value)
+        text = text.strip() if strip else text
+        if required and not text.strip():
+            raise FlashdutyError('%s: is required and must not be empty' % field, field=field)
         clean = redact(text, secrets)
         if clean != text:
             masked.append(field)
         return clean
 
-    key = scrub(_required_text(change_key, 'change_key'), 'change_key')
+    key = scrub(change_key, 'change_key', required=True)
     if len(key) > MAX_CHANGE_KEY_LENGTH:
         raise FlashdutyError('change_key: is %d characters long; at most %d are allowed (a shortened key could merge '
                              'different changes)' % (len(key), MAX_CHANGE_KEY_LENGTH), field='change_key')
-    text = scrub(_required_text(title, 'title'), 'title')
-    if len(text) > MAX_TITLE_LENGTH:
-        warnings.append('title: was %d characters long and was truncated to %d' % (len(text), MAX_TITLE_LENGTH))
-        text = truncate(text, MAX_TITLE_LENGTH)
-    event = {'change_status': status, 'change_key': key, 'title': text}
+    event = {'change_status': status, 'change_key': key,
+             'title': truncate(scrub(title, 'title', required=True), MAX_TITLE_LENGTH, 'title:', warnings)}
     seconds = parse_event_time(event_time)
     if seconds is not None:
         event['event_time'] = seconds
     if description is not None and _text(description):
-        text = scrub(_text(description), 'description')
-        if len(text) > MAX_DESCRIPTION_LENGTH:
-            warnings.append('description: was %d characters long and was truncated to %d'
-                            % (len(text), MAX_DESCRIPTION_LENGTH))
-            text = truncate(text, MAX_DESCRIPTION_LENGTH)
-        event['description'] = text
+        event['description'] = truncate(scrub(description, 'description'), MAX_DESCRIPTION_LENGTH, 'description:', warnings)
     if link is not None and _text(link).strip():
-        text = scrub(_text(link).strip(), 'link')
-        if not re.match(r'^https?://\S+$', text):
-            raise FlashdutyError('link: must be an http:// or https:// URL, got %r' % text, field='link')
-        event['link'] = text
+        event['link'] = scrub(link, 'link', strip=True)
+        if not re.match(r'^https?://\S+$', event['link']):
+            raise FlashdutyError('link: must be an http:// or https:// URL, got %r' % event['link'], field='link')
     normalized, label_warnings, masked_labels = normalize_labels_masked(labels, 'labels', secrets, strict=True)
     warnings.extend(label_warnings)
     masked.extend(masked_labels)
@@ -479,10 +390,7 @@ def option_problem(name, value):
         number = float('nan')
     if math.isfinite(number) and (number > low or (low_allowed and number == low)) and number <= high:
         return None
-    if low_allowed:
-        rule = 'from %s to %s' % (low, high)
-    else:
-        rule = 'greater than %s and at most %s' % (low, high)
+    rule = ('from %s to %s' if low_allowed else 'greater than %s and at most %s') % (low, high)
     return '%s: must be %s%s, got %s' % (name, rule, ' %s' % unit if unit else '', redact(value))
 
 
@@ -494,27 +402,18 @@ ENDPOINT_SETTINGS = (
     ('api_url', 'flashduty_api_url', 'FLASHDUTY_API_URL', 'api_url'),
 )
 INI_SECTION = 'flashduty'
-ENDPOINT_VARIABLES = tuple(variable for _setting, variable, _env, _ini in ENDPOINT_SETTINGS)
+ENDPOINT_VARIABLES = tuple(row[1] for row in ENDPOINT_SETTINGS)
 
 
 def endpoint_settings(mapping, column):
-    """The endpoint settings found in ``mapping`` under the names of one ``column`` of ENDPOINT_SETTINGS.
-
-    ``column`` is ``'variable'``, ``'environment'`` or ``'ini'``; e.g.
-    ``endpoint_settings(os.environ, 'environment')``.
-    """
+    """The endpoint settings in ``mapping`` under the names of one ``column``: 'variable', 'environment' or 'ini'."""
     index = ('variable', 'environment', 'ini').index(column) + 1
     return dict((row[0], mapping.get(row[index])) for row in ENDPOINT_SETTINGS)
 
 
 def resolve_endpoint(*sources):
-    """The Endpoint from endpoint settings, most specific source first.
-
-    Each source is a mapping with ``push_url``, ``integration_key`` and
-    ``api_url`` (missing or empty means unset). The first source naming an
-    endpoint (a push URL or a key) wins whole; a key is combined with the
-    first ``api_url`` found in that source or any other.
-    """
+    """The Endpoint from endpoint settings (mappings as endpoint_settings() makes), most specific source first: the
+    first naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source."""
     api_url = next((source.get('api_url') for source in sources if source.get('api_url')), None)
     for source in sources:
         if source.get('push_url'):
@@ -529,20 +428,12 @@ def change_event_argument_spec():
     return dict(
         change_key=dict(type='str', required=True, no_log=False),
         change_status=dict(type='str', required=True, choices=list(CHANGE_STATUSES), aliases=['status']),
-        title=dict(type='str'),
-        description=dict(type='str'),
-        link=dict(type='str'),
-        labels=dict(type='dict'),
-        event_time=dict(type='raw'),
-        automatic_labels=dict(type='bool', default=True),
-        push_url=dict(type='str', no_log=True),
-        integration_key=dict(type='str', no_log=True),
-        api_url=dict(type='str'),
-        timeout=dict(type='float', default=DEFAULT_TIMEOUT),
-        retries=dict(type='int', default=DEFAULT_RETRIES),
+        title=dict(type='str'), description=dict(type='str'), link=dict(type='str'), labels=dict(type='dict'),
+        event_time=dict(type='raw'), automatic_labels=dict(type='bool', default=True),
+        push_url=dict(type='str', no_log=True), integration_key=dict(type='str', no_log=True), api_url=dict(type='str'),
+        timeout=dict(type='float', default=DEFAULT_TIMEOUT), retries=dict(type='int', default=DEFAULT_RETRIES),
         total_timeout=dict(type='float', default=DEFAULT_TOTAL_TIMEOUT),
-        validate_certs=dict(type='bool', default=True),
-        ca_path=dict(type='path'),
+        validate_certs=dict(type='bool', default=True), ca_path=dict(type='path'),
     )
 
 

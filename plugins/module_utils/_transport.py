@@ -3,16 +3,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""One kept-alive HTTP(S) connection to a Flashduty endpoint, every request bounded by a deadline.
+"""One kept-alive HTTP(S) connection to a Flashduty endpoint, every request bounded by a deadline. Private.
 
-Private to this collection: not a public API, may change without notice.
-
-``http.client`` speaks HTTP, opens proxy tunnels and TLS; what is added here is
-a wall-clock deadline that no server can stretch. Socket timeouts bound one
-read, so a server sending one byte every half second never times out: every
-read of an answer (the proxy's answer to CONNECT included) is given only the
-time left before the deadline. Connecting, the TLS handshake and sending are
-each bounded by the time left as a whole by the standard library itself.
+``http.client`` speaks HTTP, opens proxy tunnels and TLS; added here is a wall-clock deadline no server can
+stretch. A socket timeout bounds one read, so a server sending a byte every half second never times out: each
+read of an answer (the proxy's answer to CONNECT included) gets only the time left before the deadline, and so
+do connecting, the TLS handshake and sending.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -21,6 +17,9 @@ __metaclass__ = type
 
 import base64
 import codecs
+import collections
+import contextlib
+import functools
 import http.client as http_client
 import io
 import socket
@@ -39,32 +38,27 @@ USER_AGENT = 'flashcat.flashduty-ansible'
 codecs.lookup('idna')
 # Flashduty's answers are a few hundred bytes: more is a proxy page or worse, never kept whole.
 MAX_ANSWER_BYTES = 64 * 1024
-
-
-class Answer:
-    """An HTTP answer: ``status``, ``headers`` (an email.message.Message: any case) and ``body`` (at most MAX_ANSWER_BYTES)."""
-
-    __slots__ = ('status', 'headers', 'body')
-
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
+# ``headers``: an email.message.Message (any case); ``body``: at most MAX_ANSWER_BYTES.
+Answer = collections.namedtuple('Answer', 'status headers body')
 
 
 class TransportError(Exception):
-    """No usable answer, worth another try: ``reason`` is redacted; ``unreachable`` as in FlashdutyError;
-    ``timed_out`` when the deadline came first."""
+    """No usable answer, worth another try (``reason`` redacted); ``timed_out`` when the deadline came first."""
 
     def __init__(self, reason, unreachable=False, timed_out=False):
         super(TransportError, self).__init__(reason)
-        self.reason = reason
-        self.unreachable = unreachable
-        self.timed_out = timed_out
+        self.reason, self.unreachable, self.timed_out = reason, unreachable, timed_out
 
 
 class StaleConnection(Exception):
     """A kept-alive connection the server had closed while idle: send again on a new one, not a failed attempt."""
+
+
+def _time_left(deadline):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise socket.timeout('deadline reached')
+    return left
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -72,22 +66,16 @@ class _DeadlineReader(io.RawIOBase):
 
     def __init__(self, socket_io, sock, deadline):
         super(_DeadlineReader, self).__init__()
-        self._socket_io = socket_io
-        self._sock = sock
-        self._deadline = deadline
+        self._socket_io, self._sock, self._deadline = socket_io, sock, deadline
         self.ended = False  # the peer closed the connection
 
     def readable(self):
         return True
 
     def readinto(self, buffer):
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout('deadline reached')
-        self._sock.settimeout(remaining)
+        self._sock.settimeout(_time_left(self._deadline))
         count = self._socket_io.readinto(buffer)
-        if not count:
-            self.ended = True
+        self.ended = self.ended or not count
         return count
 
     def close(self):
@@ -106,40 +94,21 @@ class _Answer(http_client.HTTPResponse):
         self.fp = io.BufferedReader(self.reader)
 
 
-class _Deadlines:
-    """Mixed into http.client's connections: each request has a ``deadline`` (a time.monotonic() value)."""
+class _HTTPSConnection(http_client.HTTPSConnection):
 
-    deadline = 0.0
-
-    def remaining(self):
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout('deadline reached')
-        return remaining
-
-    def response_class(self, sock, debuglevel=0, method=None, url=None):
-        return _Answer(sock, debuglevel, method, url, deadline=self.deadline)
-
-
-class _HTTPConnection(_Deadlines, http_client.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_Deadlines, http_client.HTTPSConnection):
+    deadline = 0.0  # of the request under way, a time.monotonic() value
 
     def connect(self):
         # As http.client does, but the handshake gets only what is left after connecting and tunnelling.
         http_client.HTTPConnection.connect(self)
-        self.sock.settimeout(self.remaining())
+        self.sock.settimeout(_time_left(self.deadline))
         self.sock = self._context.wrap_socket(self.sock, server_hostname=self._tunnel_host or self.host)
 
 
 class HttpTransport:
-    """One keep-alive HTTP(S) connection to an Endpoint.
+    """One keep-alive HTTP(S) connection to an Endpoint, through ``https_proxy``/``http_proxy``/``no_proxy`` as urllib.
 
-    Honours ``https_proxy``/``http_proxy``/``no_proxy`` like curl and urllib do,
-    with credentials in the proxy URL. Not thread-safe: each sending thread owns
-    one; ``interrupt()`` may be called from another thread.
+    Not thread-safe: each sending thread owns one; ``interrupt()`` may be called from another thread.
     """
 
     def __init__(self, endpoint, validate_certs=True, ca_path=None):
@@ -147,7 +116,8 @@ class HttpTransport:
         self.host = endpoint.host
         self._https = endpoint.scheme == 'https'
         self._ssl_context = _ssl_context(validate_certs, ca_path) if self._https else None
-        self._proxy = _proxy_for(endpoint.scheme, endpoint.host)
+        proxy = getproxies().get(endpoint.scheme)
+        self._proxy = None if not proxy or proxy_bypass(endpoint.host) else urlsplit(proxy if '://' in proxy else 'http://' + proxy)
         self._target = endpoint.target
         self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': USER_AGENT}
         self._proxy_headers = {}
@@ -172,10 +142,8 @@ class HttpTransport:
         """Make a request blocked on this connection in another thread fail at once."""
         sock = self._sock or getattr(self._connection, 'sock', None)
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def _new_connection(self):
         if self._proxy is None:
@@ -183,25 +151,23 @@ class HttpTransport:
         else:
             host, port = self._proxy.hostname, self._proxy.port or 8080
         if not self._https:
-            return _HTTPConnection(host, port)
+            return http_client.HTTPConnection(host, port)
         connection = _HTTPSConnection(host, port, context=self._ssl_context)
         if self._proxy is not None:
             connection.set_tunnel(self.host, self.endpoint.port, headers=self._proxy_headers)
         return connection
 
     def post(self, body, deadline):
-        """POST ``body`` (bytes), done by ``deadline`` (time.monotonic()); return an Answer.
-
-        Raises TransportError (no usable answer), StaleConnection, or
-        FlashdutyError for what no retry can mend (a certificate that does not verify).
-        """
+        """POST ``body`` (bytes) by ``deadline`` (time.monotonic()): an Answer, or TransportError (no usable answer),
+        StaleConnection, or FlashdutyError for what no retry mends (a certificate that does not verify)."""
         connection = self._connection
         reused = connection is not None and connection.sock is not None
         if connection is None:
             connection = self._connection = self._new_connection()
         connection.deadline = deadline
+        connection.response_class = functools.partial(_Answer, deadline=deadline)
         try:
-            connection.timeout = connection.remaining()
+            connection.timeout = _time_left(deadline)
             if reused:
                 connection.sock.settimeout(connection.timeout)
             connection.request('POST', self._target, body, self._headers)
@@ -237,19 +203,16 @@ class HttpTransport:
             raise TransportError('%s did not answer in HTTP/1.x: %s' % (self.host, describe(exc)))
         except OSError as exc:
             self.close()
-            raise self._unreachable(exc)
-        finally:
-            self._sock = None
-
-    def _unreachable(self, exc):
-        text = describe(exc)
-        if self._proxy is not None:
+            text = describe(exc)
+            if self._proxy is None:
+                raise TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
             proxy = '%s:%d' % (self._proxy.hostname, self._proxy.port or 8080)
             if text.startswith('Tunnel connection failed'):
-                return TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
-                                      unreachable=True)
-            return TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
-        return TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
+                raise TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
+                                     unreachable=True)
+            raise TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
+        finally:
+            self._sock = None
 
 
 def describe(exc):
@@ -259,21 +222,11 @@ def describe(exc):
 
 
 def _ssl_context(validate_certs, ca_path):
-    if not validate_certs:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
     try:
-        return ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
+        context = ssl.create_default_context(cafile=ca_path if validate_certs and ca_path else None)
     except (OSError, ssl.SSLError) as exc:
         raise FlashdutyError('ca_path: cannot load CA certificates from %s: %s' % (ca_path, describe(exc)), field='ca_path')
-
-
-def _proxy_for(scheme, host):
-    proxy = getproxies().get(scheme)
-    if not proxy or proxy_bypass(host):
-        return None
-    if '://' not in proxy:
-        proxy = 'http://' + proxy
-    return urlsplit(proxy)
+    if not validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

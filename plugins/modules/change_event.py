@@ -225,11 +225,8 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=change_event_argument_spec(),
-        mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE,
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=change_event_argument_spec(), mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE,
+                           supports_check_mode=True)
     if module.params['automatic_labels']:
         module.warn('automatic_labels: needs the play, which only the action plugin on the controller has; sent without them')
     result = run_change_event(module.params, module.check_mode, endpoint_settings(os.environ, 'environment'))

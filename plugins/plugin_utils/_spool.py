@@ -3,39 +3,24 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The on-disk spool of change events that could not be delivered yet, on the controller.
+"""The on-disk spool of change events not delivered yet, on the controller. Private to this collection.
 
-Private to this collection: not a public API, may change without notice.
-
-Layout: one directory (0700), one JSON file (0600) per batch of events for one
-endpoint, named ``<stamp>.<fp16>.<count>.json``:
-
-- ``stamp`` (``<20-digit ns>-<pid>-<seq>``) sorts batches oldest first;
-- ``fp16`` is the start of the Endpoint's fingerprint (sha256 hex of the push
-  URL): the URL holds the integration key, so neither is ever stored;
-- ``count`` is the number of events inside, so that bounding the spool and
-  finding an endpoint's events need only a directory listing.
-
-A run takes a batch by renaming it to ``<name>.claim-<epoch>-<owner>``
-(atomic: one run wins; epoch in milliseconds), sends it, then deletes it or writes what is left back
-under the same stamp. A claim older than the lease (10 minutes) belongs to a
-run that died and may be taken again. Writes go to a hidden temporary file
-that is renamed into place, so readers never see half a file.
-
-The directory may sit in a shared place (``/tmp``), so it is never followed
-through a symbolic link, and one owned by another user or open to other users
-is refused rather than used or chmod-ed: only a directory this process creates
-gets its mode set. Files are created with ``O_EXCL``/``O_NOFOLLOW`` and read
-with ``O_NOFOLLOW``, and only regular files are read, so a link or a FIFO
-planted inside the directory is set aside as unreadable, never followed.
+One directory (0700), one JSON file (0600) per batch for one endpoint: ``<stamp>.<fp16>.<count>.json``. The stamp
+sorts batches oldest first; fp16 starts the Endpoint's fingerprint (the URL holds the integration key: neither is
+stored); count lets bounding and counting need only a listing. A run claims a batch by renaming it to
+``<name>.claim-<epoch ms>-<owner>`` (one run wins), then deletes it or writes what is left back under its stamp; a
+claim older than the lease belongs to a run that died. Writes go to a hidden temporary file renamed into place.
+The directory may sit in a shared /tmp: a symbolic link, another user's directory or one open to others is refused,
+never followed or chmod-ed. Files are created O_EXCL|O_NOFOLLOW and read O_NOFOLLOW, regular files only: a link or
+FIFO planted inside is set aside as unreadable.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import binascii
-import errno
+import collections
+import contextlib
 import itertools
 import json
 import os
@@ -50,14 +35,13 @@ DEFAULT_MAX_EVENTS = 1000
 DEFAULT_LEASE = 600.0
 
 _NAME = re.compile(r'^(?P<name>(?P<stamp>\d{20}-\d{7}-\d{6})\.(?P<fp>[0-9a-f]{16})\.(?P<count>\d{1,9})\.json)'
-                   r'(?:\.claim-(?P<claimed>\d{1,15})-(?P<owner>[0-9a-z]{1,40}))?$')
+                   r'(?:\.claim-(?P<claimed>\d{1,15})-[0-9a-z]{1,40})?$')
 _TEMP_PREFIX = '.tmp-'
-_NOFOLLOW = getattr(os, 'O_NOFOLLOW', 0)
-_CLOEXEC = getattr(os, 'O_CLOEXEC', 0)
-_CORRUPT_SUFFIX = '.corrupt'
+_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _FLAGS
 
-# Stamps are made from one monotonic clock anchored to the wall clock, so that
-# they sort in the order this process made them even if the wall clock steps back.
+# Stamps come from one monotonic clock anchored to the wall clock, so that they sort in the order this
+# process made them even if the wall clock steps back.
 _CLOCK_LOCK = threading.Lock()
 _WALL_NS = time.time_ns()
 _MONO_NS = time.monotonic_ns()
@@ -69,8 +53,10 @@ def _reset_after_fork():
     _CLOCK_LOCK = threading.Lock()
 
 
-if hasattr(os, 'register_at_fork'):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+# A listed spool file: ``free`` when unclaimed, or claimed by a run that outlived the lease.
+_Entry = collections.namedtuple('_Entry', 'name file stamp fp count claimed free')
 
 
 class SpoolError(Exception):
@@ -80,9 +66,6 @@ class SpoolError(Exception):
         super(SpoolError, self).__init__(message)
         self.message = message
 
-    def __str__(self):
-        return self.message
-
 
 def new_stamp():
     """A stamp that sorts after every stamp this process made before."""
@@ -91,113 +74,71 @@ def new_stamp():
         return '%020d-%07d-%06d' % (ns, os.getpid() % 10000000, next(_SEQUENCE) % 1000000)
 
 
-def _token():
-    return binascii.hexlify(os.urandom(4)).decode('ascii')
+def _unlink(path):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _load(path):
+    # O_NONBLOCK: a FIFO planted under a spool name must not hang the run; only regular files are read.
+    fd = os.open(path, os.O_RDONLY | _FLAGS | os.O_NONBLOCK)
+    with os.fdopen(fd, 'rb') as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError('not a regular file')
+        document = json.loads(handle.read().decode('utf-8', 'surrogatepass'))
+    if not isinstance(document, dict) or document.get('format') != FORMAT or not isinstance(document.get('records'), list):
+        raise ValueError('not a %s file' % FORMAT)
+    return document
 
 
 class SpoolBatch:
-    """One claimed spool file: its records are this run's to deliver or give back."""
+    """One claimed spool file: its ``records`` are this run's to deliver or give back."""
 
-    def __init__(self, spool, name, stamp, endpoint, claim_path, records, endpoint_url):
-        self.spool = spool
-        self.name = name
-        self.stamp = stamp
-        self.endpoint = endpoint
-        self.claim_path = claim_path
-        self.records = records
-        self.endpoint_url = endpoint_url
-        self.claimed_at = time.time()
-
-    def __repr__(self):
-        return '<SpoolBatch %s (%d events)>' % (self.name, len(self.records))
+    def __init__(self, name, stamp, claim_path, records, endpoint_url):
+        self.name, self.stamp, self.claim_path, self.records, self.endpoint_url = name, stamp, claim_path, records, endpoint_url
 
 
 class Spool:
     """A directory of change events waiting for their endpoint.
 
-    ``max_events`` bounds the events kept over all endpoints (the oldest are
-    dropped first); ``lease`` is how long (seconds) a claim by another run is
-    respected before its files are taken over. Methods raise SpoolError for a
-    directory that cannot be used; per-file trouble is reported, not raised.
+    ``max_events`` bounds the events kept over all endpoints (the oldest go first); ``lease`` is how long
+    (seconds) another run's claim is respected. Methods raise SpoolError for a directory that cannot be used;
+    trouble with one file is reported, not raised.
     """
 
     def __init__(self, path, max_events=DEFAULT_MAX_EVENTS, lease=DEFAULT_LEASE):
         self.path = os.path.abspath(os.path.expanduser('%s' % (path,)))
         self.max_events = max(1, int(max_events))
         self.lease = float(lease)
-        self._owner = '%dx%s' % (os.getpid(), _token())
+        self._owner = '%dx%s' % (os.getpid(), os.urandom(4).hex())
         self._check_directory()
 
-    def __repr__(self):
-        return '<Spool %s>' % self.path
-
-    # ---- listing ------------------------------------------------------
-
-    def _entries(self):
-        """Parsed directory entries: dicts with name, file, stamp, fp, count, claimed (epoch or None), owner."""
-        if not self._check_directory():
-            return []
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise SpoolError('cannot read the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
-        entries = []
-        for file_name in names:
-            match = _NAME.match(file_name)
-            if match is None:
-                continue
-            claimed = match.group('claimed')
-            entries.append(dict(name=match.group('name'), file=file_name, stamp=match.group('stamp'), fp=match.group('fp'),
-                                count=int(match.group('count')), claimed=int(claimed) / 1000.0 if claimed is not None else None,
-                                owner=match.group('owner')))
-        entries.sort(key=lambda entry: (entry['stamp'], entry['file']))
-        return entries
-
-    def _available(self, entry, now):
-        """True when a file may be claimed: not claimed, or claimed by a run that outlived the lease."""
-        return entry['claimed'] is None or now - entry['claimed'] > self.lease
-
-    def pending(self, endpoint=None):
-        """How many events wait for ``endpoint`` (or for any endpoint): a directory listing, no file is read."""
-        now = time.time()
-        prefix = endpoint.fingerprint[:16] if endpoint is not None else None
-        return sum(entry['count'] for entry in self._entries()
-                   if (prefix is None or entry['fp'] == prefix) and self._available(entry, now))
-
-    def total(self):
-        """Events in the spool, claimed ones included."""
-        return sum(entry['count'] for entry in self._entries())
-
-    # ---- writing ------------------------------------------------------
+    def _error(self, what, exc):
+        return SpoolError('cannot %s the Flashduty spool directory %s: %s' % (what, self.path, exc.strerror or exc))
 
     def _check_directory(self):
-        """True when the spool directory exists and is safe to use, False when it does not exist yet.
+        """True when the directory exists and is safe to use, False when it does not exist yet; else SpoolError.
 
-        Raises SpoolError for a symbolic link (never followed: in a shared /tmp it may
-        lead anywhere, a root-owned directory included), something not a directory,
-        a directory of another user, or one that other users may enter: the spool
-        never changes the mode of a directory it did not create.
+        A symbolic link is never followed: in a shared /tmp it may lead anywhere, a root-owned directory included.
         """
         try:
             info = os.lstat(self.path)
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise SpoolError('cannot use the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+            raise self._error('use', exc) from None
+        mode = stat.S_IMODE(info.st_mode)
         if stat.S_ISLNK(info.st_mode):
             raise SpoolError('the Flashduty spool directory %s is a symbolic link; refusing to follow it (set spool_dir to '
                              'the real directory)' % self.path)
         if not stat.S_ISDIR(info.st_mode):
             raise SpoolError('the Flashduty spool path %s is not a directory' % self.path)
-        if hasattr(os, 'geteuid') and info.st_uid != os.geteuid():
+        if info.st_uid != os.geteuid():
             raise SpoolError('the Flashduty spool directory %s belongs to another user (uid %d); refusing to use it'
                              % (self.path, info.st_uid))
-        if stat.S_IMODE(info.st_mode) & 0o077:
+        if mode & 0o077:
             raise SpoolError('the Flashduty spool directory %s is open to other users (mode %04o); refusing to use it: '
-                             'run chmod 700 on it, or set spool_dir to another directory'
-                             % (self.path, stat.S_IMODE(info.st_mode)))
+                             'run chmod 700 on it, or set spool_dir to another directory' % (self.path, mode))
         return True
 
     def _ensure_directory(self):
@@ -205,276 +146,193 @@ class Spool:
             return
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        except OSError as exc:
-            raise SpoolError('cannot create the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
-        try:
             os.mkdir(self.path, 0o700)
+            # Ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name.
+            self._on_directory(lambda fd: os.fchmod(fd, 0o700))
         except FileExistsError:
-            self._check_directory()  # made meanwhile, by another run or by someone else
-            return
+            pass  # made meanwhile, by another run or by someone else: checked below
         except OSError as exc:
-            raise SpoolError('cannot create the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
-        # Ours: 0700 whatever the umask, through a descriptor of the directory just made, not its name.
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0) | _NOFOLLOW | _CLOEXEC)
-            try:
-                os.fchmod(fd, 0o700)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise SpoolError('cannot secure the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
+            raise self._error('create', exc) from None
         self._check_directory()
 
-    def _write_file(self, file_name, document):
-        data = json.dumps(document, ensure_ascii=False, sort_keys=True, indent=1).encode('utf-8', 'surrogatepass')
-        temp = os.path.join(self.path, '%s%d-%s' % (_TEMP_PREFIX, os.getpid(), _token()))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
-        fd = os.open(temp, flags, 0o600)
+    def _on_directory(self, action):
+        fd = os.open(self.path, _DIRECTORY_FLAGS)
         try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask was
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, os.path.join(self.path, file_name))
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise
-        self._sync_directory()
-
-    def _sync_directory(self):
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, 'O_DIRECTORY', 0) | _NOFOLLOW | _CLOEXEC)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
+            action(fd)
         finally:
             os.close(fd)
 
-    @staticmethod
-    def _record(record, endpoint):
-        clean = dict(event=record['event'])
-        clean['first_failure'] = round(float(record.get('first_failure') or time.time()), 3)
-        clean['attempts'] = int(record.get('attempts') or 0)
-        clean['last_error'] = endpoint.redact(record.get('last_error') or 'not delivered')
-        return clean
+    def _entries(self, clean=False):
+        """The spool files, oldest first; ``clean``: remove temporary files left by a run that died while writing."""
+        if not self._check_directory():
+            return []
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._error('read', exc) from None
+        now = time.time()
+        for name in names if clean else ():
+            with contextlib.suppress(OSError):
+                if name.startswith(_TEMP_PREFIX) and os.lstat(os.path.join(self.path, name)).st_mtime < now - self.lease:
+                    os.unlink(os.path.join(self.path, name))
+        entries = []
+        for match in filter(None, map(_NAME.match, names)):
+            claimed = match.group('claimed') and int(match.group('claimed')) / 1000.0
+            entries.append(_Entry(match.group('name'), match.group(0), match.group('stamp'), match.group('fp'),
+                                  int(match.group('count')), claimed, claimed is None or now - claimed > self.lease))
+        return sorted(entries, key=lambda entry: (entry.stamp, entry.file))
+
+    def pending(self, endpoint=None):
+        """How many events wait for ``endpoint`` (or for any endpoint): a listing, no file is read."""
+        return sum(entry.count for entry in self._entries()
+                   if entry.free and (endpoint is None or entry.fp == endpoint.fingerprint[:16]))
+
+    def total(self):
+        """Events in the spool, claimed ones included."""
+        return sum(entry.count for entry in self._entries())
+
+    def _write_file(self, file_name, document):
+        data = json.dumps(document, ensure_ascii=False, sort_keys=True, indent=1).encode('utf-8', 'surrogatepass')
+        temp = os.path.join(self.path, '%s%d-%s' % (_TEMP_PREFIX, os.getpid(), os.urandom(4).hex()))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
+        try:
+            with os.fdopen(fd, 'wb') as handle:
+                os.fchmod(fd, 0o600)  # whatever the umask was
+                handle.write(data)
+                handle.flush()
+                os.fsync(fd)
+            os.replace(temp, os.path.join(self.path, file_name))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            self._on_directory(os.fsync)
 
     def write(self, endpoint, records, replacing=None):
-        """Add ``records`` (in delivery order) for ``endpoint``; return how many old events were dropped.
+        """Add ``records`` (dicts: ``event``, ``first_failure``, ``last_error``, ``attempts``) for ``endpoint``.
 
-        Each record is a dict: ``event`` (the event as it would be sent),
-        ``first_failure`` (epoch seconds), ``last_error`` (text), ``attempts``.
-        When the spool then holds more than ``max_events``, the oldest events go.
-        ``replacing``: the stamp of a batch written ahead (write_ahead()) that
-        these records replace; it is deleted once they are written, before the
-        bound is applied.
+        Returns how many old events were dropped to keep ``max_events``. ``replacing``: the stamp of a batch of
+        write_ahead() that these records replace, deleted once they are written, before the bound is applied.
         """
-        return self._write_batch(endpoint, list(records), new_stamp(), ignore=None, replacing=replacing)
+        return self._write_batch(endpoint, list(records), new_stamp(), replacing=replacing)
 
     def write_ahead(self, endpoint, records):
-        """Write ``records`` before trying to deliver them, so that a process killed meanwhile loses none.
-
-        Returns the batch's stamp, for write(replacing=) once what is left of them is known. The bound is
-        not applied to them: they are on their way out.
-        """
+        """Write ``records`` before trying to deliver them, so that a process killed meanwhile loses none; return the
+        batch's stamp for write(replacing=). The bound is not applied: they are on their way out."""
         stamp = new_stamp()
-        self._write_batch(endpoint, list(records), stamp, ignore=None, trim=False)
+        self._write_batch(endpoint, list(records), stamp, trim=False)
         return stamp
 
-    def _discard(self, endpoint, stamp):
-        """Delete the batch written ahead under ``stamp``, unless another run has claimed it meanwhile."""
-        for entry in self._entries():
-            if entry['stamp'] == stamp and entry['fp'] == endpoint.fingerprint[:16] and entry['claimed'] is None:
-                self._unlink(os.path.join(self.path, entry['file']))
-
-    def _write_batch(self, endpoint, records, stamp, ignore, trim=True, replacing=None):
-        if not records:
-            if replacing is not None:
-                self._discard(endpoint, replacing)
-            return 0
-        self._ensure_directory()
-        dropped = 0
-        if len(records) > self.max_events:
-            dropped = len(records) - self.max_events
-            records = records[dropped:]
-        document = dict(format=FORMAT, endpoint=endpoint.fingerprint, endpoint_url=endpoint.masked, spooled_at=round(time.time(), 3),
-                        records=[self._record(record, endpoint) for record in records])
+    def _write_batch(self, endpoint, records, stamp, ignore=None, trim=True, replacing=None):
+        dropped = max(0, len(records) - self.max_events)
+        records = [dict(event=record['event'], first_failure=round(float(record.get('first_failure') or time.time()), 3),
+                        attempts=int(record.get('attempts') or 0), last_error=endpoint.redact(record.get('last_error') or 'not delivered'))
+                   for record in records[dropped:]]
         file_name = '%s.%s.%d.json' % (stamp, endpoint.fingerprint[:16], len(records))
-        try:
-            self._write_file(file_name, document)
-        except OSError as exc:
-            raise SpoolError('cannot write to the Flashduty spool directory %s: %s' % (self.path, exc.strerror or exc)) from None
-        if replacing is not None:
-            self._discard(endpoint, replacing)
-        self._clean_temporary_files()
-        return dropped + self._trim(keep=file_name, ignore=ignore) if trim else dropped
-
-    def _clean_temporary_files(self):
-        """Remove temporary files left by a run that died while writing."""
-        limit = time.time() - self.lease
-        try:
-            names = [name for name in os.listdir(self.path) if name.startswith(_TEMP_PREFIX)]
-        except OSError:
-            return
-        for name in names:
-            path = os.path.join(self.path, name)
+        if records:
+            self._ensure_directory()
             try:
-                if os.lstat(path).st_mtime < limit:
-                    os.unlink(path)
-            except OSError:
-                pass
+                self._write_file(file_name, dict(format=FORMAT, endpoint=endpoint.fingerprint, endpoint_url=endpoint.masked,
+                                                 spooled_at=round(time.time(), 3), records=records))
+            except OSError as exc:
+                raise self._error('write to', exc) from None
+        elif replacing is None:
+            return 0
+        entries = []
+        for entry in self._entries(clean=bool(records)):
+            if (entry.stamp, entry.fp, entry.claimed) == (replacing, endpoint.fingerprint[:16], None):
+                _unlink(os.path.join(self.path, entry.file))  # written ahead, and not claimed by another run meanwhile
+            elif entry.file != ignore:  # a claim being given back is not counted
+                entries.append(entry)
+        return dropped + self._trim(entries, keep=file_name) if records and trim else dropped
 
-    def _trim(self, keep, ignore=None):
-        """Drop the oldest events until at most max_events remain; return how many were dropped.
-
-        ``keep`` (the file just written) goes last; ``ignore`` (a claim being
-        given back) is not counted.
-        """
-        entries = [entry for entry in self._entries() if entry['file'] != ignore]
-        excess = sum(entry['count'] for entry in entries) - self.max_events
+    def _trim(self, entries, keep):
+        """Drop the oldest events down to max_events (``keep``, the file just written, last); return how many."""
+        excess = sum(entry.count for entry in entries) - self.max_events
         dropped = 0
-        now = time.time()
         for entry in entries:
             if excess <= 0:
                 break
-            if not self._available(entry, now) or entry['file'] == keep:
-                continue
-            claim_path = self._take(entry, now)
+            claim_path = self._take(os.path.join(self.path, entry.file), entry.name) if entry.free and entry.file != keep else None
             if claim_path is None:
                 continue
-            if entry['count'] <= excess:
-                self._unlink(claim_path)
-                excess -= entry['count']
-                dropped += entry['count']
-                continue
-            try:
-                document = self._load(claim_path)
-                records = document['records'][excess:]
-                document['records'] = records
-                self._write_file('%s.%s.%d.json' % (entry['stamp'], entry['fp'], len(records)), document)
-            except (OSError, ValueError, KeyError, TypeError):
-                # An unreadable file: drop it whole rather than keep the spool over its bound.
-                self._unlink(claim_path)
-                dropped += entry['count']
-                excess -= entry['count']
-                continue
-            self._unlink(claim_path)
-            dropped += excess
-            excess = 0
+            cut = entry.count
+            if entry.count > excess:
+                try:
+                    document = _load(claim_path)
+                    document['records'] = document['records'][excess:]
+                    self._write_file('%s.%s.%d.json' % (entry.stamp, entry.fp, len(document['records'])), document)
+                    cut = excess
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass  # an unreadable file: dropped whole rather than keep the spool over its bound
+            _unlink(claim_path)
+            dropped += cut
+            excess -= cut
         return dropped
 
-    @staticmethod
-    def _unlink(path):
+    def _take(self, path, name):
+        """Claim the file at ``path`` (again) by renaming it: the claimed path, or None if another run was faster."""
+        claim_path = os.path.join(self.path, '%s.claim-%d-%s' % (name, int(time.time() * 1000), self._owner))
         try:
-            os.unlink(path)
-            return True
-        except FileNotFoundError:
-            return False
-
-    # ---- claiming -----------------------------------------------------
-
-    def _claim_name(self, entry_name, now):
-        return '%s.claim-%d-%s' % (entry_name, int(now * 1000), self._owner)
-
-    def _take(self, entry, now):
-        """Claim one listed file by renaming it; return the claimed path, or None if another run was faster."""
-        claim_path = os.path.join(self.path, self._claim_name(entry['name'], now))
-        try:
-            os.rename(os.path.join(self.path, entry['file']), claim_path)
-        except FileNotFoundError:
+            os.rename(path, claim_path)
+        except (FileNotFoundError, FileExistsError):
             return None
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EEXIST):
-                return None
-            raise
         return claim_path
 
-    @staticmethod
-    def _load(path):
-        # O_NONBLOCK: a FIFO planted under a spool name must not hang the run; only regular files are read.
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, 'O_NONBLOCK', 0))
-        with os.fdopen(fd, 'rb') as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ValueError('not a regular file')
-            document = json.loads(handle.read().decode('utf-8', 'surrogatepass'))
-        if not isinstance(document, dict) or document.get('format') != FORMAT or not isinstance(document.get('records'), list):
-            raise ValueError('not a %s file' % FORMAT)
-        return document
-
     def claim(self, endpoint):
-        """Claim every batch waiting for ``endpoint``, oldest first.
+        """Claim every batch waiting for ``endpoint``, oldest first: ``(batches, problems)``.
 
-        Returns ``(batches, problems)``: SpoolBatch objects whose records are
-        dicts like those given to write(), and messages about files that could
-        not be read (renamed to ``*.corrupt`` so they are not tried again).
+        ``batches`` are SpoolBatch objects, whose records are dicts like those given to write(); ``problems``
+        are messages about files that could not be read (renamed to ``*.corrupt``, not to be tried again).
         """
-        batches = []
-        problems = []
-        now = time.time()
+        batches, problems = [], []
         for entry in self._entries():
-            if entry['fp'] != endpoint.fingerprint[:16] or not self._available(entry, now):
+            if entry.fp != endpoint.fingerprint[:16] or not entry.free:
                 continue
             try:
-                claim_path = self._take(entry, now)
+                claim_path = self._take(os.path.join(self.path, entry.file), entry.name)
             except OSError as exc:
-                problems.append('cannot claim the Flashduty spool file %s: %s' % (os.path.join(self.path, entry['name']), exc.strerror or exc))
+                problems.append('cannot claim the Flashduty spool file %s: %s' % (os.path.join(self.path, entry.name), exc.strerror or exc))
                 continue
             if claim_path is None:
                 continue
             try:
-                document = self._load(claim_path)
+                document = _load(claim_path)
                 if document.get('endpoint') != endpoint.fingerprint:
                     # Another endpoint whose fingerprint starts the same way: give it back.
-                    os.rename(claim_path, os.path.join(self.path, entry['name']))
+                    os.rename(claim_path, os.path.join(self.path, entry.name))
                     continue
                 records = [record for record in document['records']
                            if isinstance(record, dict) and isinstance(record.get('event'), dict)]
             except (OSError, ValueError, UnicodeDecodeError) as exc:
-                corrupt = os.path.join(self.path, entry['name'] + _CORRUPT_SUFFIX)
+                corrupt = os.path.join(self.path, entry.name + '.corrupt')
                 try:
                     os.rename(claim_path, corrupt)
                 except OSError:
                     corrupt = claim_path
                 problems.append('ignored the unreadable Flashduty spool file %s (%s); it was left as %s'
-                                % (entry['name'], endpoint.redact(exc), corrupt))
+                                % (entry.name, endpoint.redact(exc), corrupt))
                 continue
-            batches.append(SpoolBatch(self, entry['name'], entry['stamp'], endpoint.fingerprint, claim_path, records,
-                                      document.get('endpoint_url') or endpoint.masked))
+            batches.append(SpoolBatch(entry.name, entry.stamp, claim_path, records, document.get('endpoint_url') or endpoint.masked))
         return batches, problems
 
     def renew(self, batch):
         """Refresh a claim so that other runs keep respecting it; False when it was taken over meanwhile."""
-        now = time.time()
-        new_path = os.path.join(self.path, self._claim_name(batch.name, now))
         try:
-            os.rename(batch.claim_path, new_path)
+            new_path = self._take(batch.claim_path, batch.name)
         except OSError:
-            return False
-        batch.claim_path = new_path
-        batch.claimed_at = now
-        return True
+            new_path = None
+        batch.claim_path = new_path or batch.claim_path
+        return new_path is not None
 
     def finish(self, batch, endpoint, remaining=()):
-        """Release a claimed batch: write ``remaining`` records back under its stamp, then delete the claim.
-
-        Returns how many old events were dropped to keep the bound. If the
-        claim was taken over by another run meanwhile, nothing is written back
-        (that run sends them).
-        """
-        remaining = list(remaining)
+        """Release a claimed batch, ``remaining`` records written back under its stamp (unless another run took the
+        claim over meanwhile: that run sends them); return how many old events were dropped to keep the bound."""
         if not os.path.exists(batch.claim_path):
             return 0
-        dropped = 0
-        if remaining:
-            dropped = self._write_batch(endpoint, remaining, batch.stamp, ignore=os.path.basename(batch.claim_path))
-        self._unlink(batch.claim_path)
+        dropped = self._write_batch(endpoint, list(remaining), batch.stamp, ignore=os.path.basename(batch.claim_path))
+        _unlink(batch.claim_path)
         return dropped
