@@ -16,9 +16,14 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import itertools
 import time
 
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import sort_held
+
+# Numbered when made (under the sender's lock), in the order submitted, so that an event held back behind a replay
+# still sorts after the earlier events of its change when a flush takes it.
+_SEQUENCE = itertools.count(1)
 
 
 class Item:
@@ -27,7 +32,7 @@ class Item:
     __slots__ = ('seq', 'endpoint', 'key', 'event', 'batch', 'attempts', 'first_failure', 'last_error', 'stuck', 'abandoned')
 
     def __init__(self, endpoint, event, batch=None, attempts=0, first_failure=None, last_error=None):
-        self.seq = 0
+        self.seq = next(_SEQUENCE)
         self.endpoint, self.event, self.batch = endpoint, event, batch
         self.key = '%s' % (event.get('change_key'),)
         self.attempts, self.first_failure, self.last_error = attempts, first_failure, last_error

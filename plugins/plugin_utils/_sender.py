@@ -18,7 +18,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
-import itertools
 import os
 import threading
 import time
@@ -136,7 +135,6 @@ class EventSender:
         self._refusals = Refusals()
         self._messages = []
         self._stats = collections.Counter()
-        self._sequence = itertools.count(1)
         self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
         self._deadline = None               # the flush deadline (a time.monotonic() value) while a flush waits
         self._closed = False
@@ -242,8 +240,7 @@ class EventSender:
         return state
 
     def _route(self, item):
-        """Give an item its sequence number and its thread (lock held)."""
-        item.seq = next(self._sequence)
+        """Give an item its thread (lock held)."""
         index = zlib.crc32(('%s\0%s' % (item.endpoint.fp, item.key)).encode('utf-8', 'surrogatepass')) % self._concurrency
         worker = self._workers[index]
         worker.queue.append(item)

@@ -424,6 +424,34 @@ def test_a_replay_that_fails_again_goes_back_in_order(receiver, make_sender, spo
     assert os.listdir(spool.path) == []
 
 
+def test_an_event_submitted_while_a_replay_loads_stays_behind_the_earlier_events_of_its_change(make_sender, spool, monkeypatch):
+    url = dead_url()
+    loading, done = threading.Event(), threading.Event()
+
+    def slow_claim(_endpoint):
+        loading.set()
+        done.wait(10)
+        return [], []
+
+    monkeypatch.setattr(spool, "pending", lambda _endpoint=None: 1)
+    monkeypatch.setattr(spool, "claim", slow_claim)
+    sender = make_sender(spool=spool, client_options=dict(FAST, retries=0))
+    sender.submit(ep(url), event("late", "Processing", 1))
+    assert wait_until(lambda: any(worker.held for worker in sender._workers))  # failed: waits for its endpoint
+    sender.replay(ep(url))
+    assert loading.wait(5)
+    sender.submit(ep(url), event("late", "Done", 2))  # held back behind the replay still loading
+    written_ahead = []
+    watcher = threading.Thread(target=lambda: written_ahead.append(wait_until(lambda: spool.total() == 2, 3) and spool_bytes(spool)))
+    watcher.start()
+    report = sender.flush(1.0, write_ahead=True)
+    watcher.join()
+    done.set()
+    assert (report.spooled, report.pending) == (2, 1)
+    assert 0 < written_ahead[0].index(b'"Processing"') < written_ahead[0].index(b'"Done"')
+    assert [e["change_status"] for e in spooled(Spool(spool.path), url)] == ["Processing", "Done"]
+
+
 def test_a_long_replay_keeps_its_claim_and_lets_go_when_taken_over(receiver, make_sender, spool):
     url = receiver.push_url
     spool.write(ep(url), [dict(event=event("slow", "Done", 1), first_failure=1700000005.0, attempts=1, last_error="HTTP 503")])
