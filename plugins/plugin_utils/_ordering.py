@@ -89,13 +89,12 @@ class Worker:
         return self.held + list(self.queue) + ([self.current] if self.current is not None and not self.current.abandoned else [])
 
     def take_all(self):
-        """Take every pending() item out, marking the one in flight abandoned; ``(items, how many had not been tried)``."""
+        """Take every pending() item out, marking the one in flight abandoned."""
         items = self.pending()
-        fresh = len(items) - len(self.held)
         if self.current is not None:
             self.current.abandoned = True
         self.held, self.blocked, self.queue, self.due = [], set(), collections.deque(), None
-        return items, fresh
+        return items
 
     def forget(self, batch):
         """Drop the items of a replayed ``batch`` (another run took it over)."""

@@ -30,16 +30,11 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._tat = 0.0  # theoretical arrival time of the next request
         self.interval = 1.0 / float(max_rate) if max_rate and float(max_rate) > 0 else None
-        burst = max(1, min(MAX_BURST, int(float(max_rate) / 10))) if self.interval else 1
-        self._tolerance = (burst - 1) * (self.interval or 0.0)
-
-    @property
-    def limited(self):
-        return self.interval is not None
+        self._tolerance = (max(1, min(MAX_BURST, int(float(max_rate) / 10))) - 1) * self.interval if self.interval else 0.0
 
     def reserve(self, deadline=None):
         """Reserve the next request slot; the seconds to wait for it, or None (after ``deadline``: nothing reserved)."""
-        if not self.limited:
+        if self.interval is None:
             return 0.0
         with self._lock:
             now = self._clock()

@@ -17,7 +17,6 @@ import collections
 import time
 from types import SimpleNamespace
 
-from ansible_collections.flashcat.flashduty.plugins.plugin_utils._health import EndpointHealth
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._ordering import Item
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import SpoolError
 
@@ -34,22 +33,21 @@ class ReplayDispatcher:
     def __init__(self, spool, changed, route, forget, note, alive):
         self.spool, self._changed, self._route, self._forget, self._note, self._alive = spool, changed, route, forget, note, alive
         self.thread = None
-        self._inbox = collections.deque()   # EndpointHealth to load, and items submitted behind them
-        self._dispatching = False
+        self._inbox = collections.deque()   # EndpointHealth to load (the first one while it loads), and items submitted behind them
         self._releasing = 0                 # finished batches being deleted
         self._batches = []
         self._next_renewal = 0.0
+        self._renewal = max(1.0, getattr(spool, 'lease', 0) / 4)  # seconds between claim renewals
 
     def busy(self):
         """True while a replay is being loaded, released, or holds submitted events back."""
-        return bool(self._inbox or self._dispatching or self._releasing)
+        return bool(self._inbox or self._releasing)
 
     def hold_back(self, item):
         """Queue ``item`` behind a replay being loaded; False when there is none (route it yourself)."""
-        if self._inbox or self._dispatching:
+        if self._inbox:
             self._inbox.append(item)
-            return True
-        return False
+        return bool(self._inbox)
 
     def load(self, endpoint, start_thread):
         """Queue the spool of ``endpoint`` (an EndpointHealth) for loading; start the thread if needed."""
@@ -72,7 +70,7 @@ class ReplayDispatcher:
         """Submitted items held back behind a replay, in order; ``take``: taken out (the endpoints to load stay)."""
         stranded = [entry for entry in self._inbox if isinstance(entry, Item)]
         if take:
-            self._inbox = collections.deque(entry for entry in self._inbox if isinstance(entry, EndpointHealth))
+            self._inbox = collections.deque(entry for entry in self._inbox if not isinstance(entry, Item))
         return stranded
 
     def take_open_batches(self):
@@ -97,40 +95,29 @@ class ReplayDispatcher:
         """Load claimed spool files and route their events, then what was submitted behind them; renew claims."""
         while True:
             with self._changed:
-                entry = None
-                while True:
-                    if not self._alive():
-                        return
-                    if self._inbox:
-                        entry = self._inbox.popleft()
-                        self._dispatching = True
-                        break
-                    interval = self._renew_interval()
-                    if interval is not None and time.monotonic() >= self._next_renewal:
-                        self._next_renewal = time.monotonic() + interval
-                        break
-                    self._changed.wait(None if interval is None else max(0.01, self._next_renewal - time.monotonic()))
+                while self._alive() and not self._inbox and not (self._open() and time.monotonic() >= self._next_renewal):
+                    self._changed.wait(max(0.01, self._next_renewal - time.monotonic()) if self._open() else None)
+                if not self._alive():
+                    return
+                endpoint = self._inbox[0] if self._inbox else None  # left first in the inbox while it loads
+                if endpoint is None:
+                    self._next_renewal = time.monotonic() + self._renewal
             try:
-                if entry is None:
+                if endpoint is None:
                     self._renew_claims()
-                elif isinstance(entry, EndpointHealth):
-                    self._load(entry)
+                else:
+                    self._load(endpoint)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 self._note('Flashduty spool not replayed (internal error): %s' % (exc,))
             with self._changed:
-                if isinstance(entry, Item):
-                    self._route(entry)
-                while self._inbox and isinstance(self._inbox[0], Item):
+                if endpoint is not None:
+                    self._inbox.popleft()
+                while self._inbox and isinstance(self._inbox[0], Item):  # submitted behind it
                     self._route(self._inbox.popleft())
-                self._dispatching = bool(self._inbox)
                 self._changed.notify_all()
 
     def _open(self):
         return [batch for batch in self._batches if not batch.closed]
-
-    def _renew_interval(self):
-        """Seconds between claim renewals while claimed batches are open, else None (lock held)."""
-        return max(1.0, self.spool.lease / 4) if self._open() else None
 
     def _renew_claims(self):
         with self._changed:
@@ -151,8 +138,8 @@ class ReplayDispatcher:
         for problem in problems:
             self._note(endpoint.redact(problem))
         with self._changed:
-            if spool_batches and self._renew_interval() is None:
-                self._next_renewal = time.monotonic() + max(1.0, self.spool.lease / 4)
+            if spool_batches and not self._open():
+                self._next_renewal = time.monotonic() + self._renewal
             for spool_batch in spool_batches:
                 # Open until each of its events is settled.
                 batch = SimpleNamespace(spool_batch=spool_batch, endpoint=endpoint, unsettled=len(spool_batch.records), closed=False)

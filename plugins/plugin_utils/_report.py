@@ -37,9 +37,6 @@ class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * 
 
     __slots__ = ()
 
-    def as_dict(self):
-        return self._asdict()
-
     def summary(self):
         """One line, e.g. ``Flashduty change events: 12 delivered (2 from the spool), 1 refused, 3 spooled; flush 0.4 s``."""
         parts = ['%d delivered' % self.delivered + (' (%d from the spool)' % self.replayed if self.replayed else '')]
@@ -105,20 +102,17 @@ class Leftovers:
         self.stored, self.lost = collections.OrderedDict(), collections.OrderedDict()  # {EndpointHealth: (count, last error)}
         self.dropped, self.spool_problem = 0, None
 
-    def spooled(self, endpoint, items):
-        self._count(self.stored, endpoint, items)
-
-    def not_spooled(self, endpoint, items, problem=None):
-        self._count(self.lost, endpoint, items)
-        if problem is not None:
-            self.spool_problem = problem
-
-    def _count(self, table, endpoint, items):
-        """``table[endpoint]`` = (count, the last error among ``items`` or before)."""
+    def spooled(self, endpoint, items, table=None):
+        """Count ``items`` for ``endpoint`` (in ``table``: stored, unless lost) with the last error among them or before."""
+        table = self.stored if table is None else table
         if items:
             count, error = table.get(endpoint, (0, None))
             last = [item.last_error for item in items if item.last_error]
             table[endpoint] = (count + len(items), last[-1] if last else error or self.fallback)
+
+    def not_spooled(self, endpoint, items, problem=None):
+        self.spooled(endpoint, items, self.lost)
+        self.spool_problem = self.spool_problem if problem is None else problem
 
     spooled_count = property(lambda self: sum(count for count, _error in self.stored.values()))
     lost_count = property(lambda self: sum(count for count, _error in self.lost.values()))

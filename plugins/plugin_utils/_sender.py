@@ -18,6 +18,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import contextlib
 import os
 import threading
 import time
@@ -56,20 +57,14 @@ def open_sender(spool_dir, warn, **options):
     if spool_dir:
         try:
             spool = Spool(spool_dir)
-        except SpoolError as exc:  # names the directory and why
-            warn('%s: events not delivered by the end of the run will be lost' % exc)
-        except Exception as exc:
-            warn('the spool directory %s cannot be used (%s): events not delivered by the end of the run will be lost'
-                 % (spool_dir, exc))
+        except Exception as exc:  # a SpoolError names the directory and why
+            warn('%s: events not delivered by the end of the run will be lost'
+                 % (exc if isinstance(exc, SpoolError) else 'the spool directory %s cannot be used (%s)' % (spool_dir, exc)))
     return EventSender(spool=spool, **options)
 
 
-def _after_fork_in_child():
-    for sender in list(_SENDERS):
-        sender._forked()  # pylint: disable=protected-access
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# A forked child (an Ansible worker) gets fresh locks, no threads and nothing to do: the parent delivers.
+os.register_at_fork(after_in_child=lambda: [sender._setup(closed=True) for sender in list(_SENDERS)])  # pylint: disable=protected-access
 
 
 class _Interrupted(Exception):
@@ -123,13 +118,13 @@ class EventSender:
         self._setup()
         _SENDERS.add(self)
 
-    def _setup(self):
+    def _setup(self, closed=False):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._flush_lock = threading.Lock()
         self._workers = [Worker() for _index in range(self._concurrency)]
-        self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route, forget=self._forget_batch, note=self._note,
-                                        alive=lambda: not self._closed)
+        self._replay = ReplayDispatcher(self.spool, self._changed, route=self._route, note=self._note, alive=lambda: not self._closed,
+                                        forget=lambda batch: [worker.forget(batch) for worker in self._workers])
         self._endpoints = {}
         self._spooled_keys = set()          # changes with an event in the spool: the rest follow it there
         self._refusals = Refusals()
@@ -137,14 +132,9 @@ class EventSender:
         self._stats = collections.Counter()
         self._generation = 0                # bumped whenever an endpoint goes down, up or is probed
         self._deadline = None               # the flush deadline (a time.monotonic() value) while a flush waits
-        self._closed = False
+        self._closed = closed
         self._stop = threading.Event()      # set at close and at the flush deadline: the threads stop now
         self._cut = False                   # cut(): every flush from now on stops waiting at once
-
-    def _forked(self):
-        """In a forked child: fresh locks, no threads, and nothing to do (the parent delivers)."""
-        self._setup()
-        self._closed = True
 
     def submit(self, endpoint, event):
         """Queue one event for ``endpoint`` (an Endpoint); returns at once and never raises."""
@@ -234,10 +224,9 @@ class EventSender:
             self._messages.append(redact(message, [secret for state in self._endpoints.values() for secret in state.endpoint.secrets]))
 
     def _endpoint(self, endpoint):
-        state = self._endpoints.get(endpoint.fingerprint)
-        if state is None:
-            state = self._endpoints[endpoint.fingerprint] = EndpointHealth(endpoint, self._retry_pause)
-        return state
+        if endpoint.fingerprint not in self._endpoints:
+            self._endpoints[endpoint.fingerprint] = EndpointHealth(endpoint, self._retry_pause)
+        return self._endpoints[endpoint.fingerprint]
 
     def _route(self, item):
         """Give an item its thread (lock held)."""
@@ -246,11 +235,6 @@ class EventSender:
         worker.queue.append(item)
         if worker.thread is None and not self._closed:
             worker.thread = _start(self._work, 'flashduty-sender-%d' % index, worker)
-
-    def _forget_batch(self, batch):
-        """Another run took this batch over: drop its events from the queues (lock held)."""
-        for worker in self._workers:
-            worker.forget(batch)
 
     def _halt(self, closing):
         """Make every thread stop now, interrupting requests in flight: closing, or at the flush deadline."""
@@ -278,10 +262,8 @@ class EventSender:
                     self._replay.release(finished)
         finally:
             for client in worker.clients.values():
-                try:
+                with contextlib.suppress(Exception):
                     client.close()
-                except Exception:  # pylint: disable=broad-exception-caught
-                    pass
 
     def _next_item(self, worker):
         """Wait for the next item to send (lock held); ``(None, False)`` when the thread should end."""
@@ -363,15 +345,12 @@ class EventSender:
 
     def _take_token(self):
         """Wait for this thread's slot under the shared rate limit, on the event that only the deadline or close sets."""
-        if not self._rate.limited:
-            return
-        if self._stop.is_set():
-            raise _Interrupted()
-        wait = self._rate.reserve(self._deadline)
-        if wait is None:
-            raise _Interrupted('the rate limit left no time before the flush deadline')
-        if wait > 0 and self._stop.wait(wait):
-            raise _Interrupted()
+        if self._rate.interval is not None:
+            wait = 0.0 if self._stop.is_set() else self._rate.reserve(self._deadline)
+            if wait is None:
+                raise _Interrupted('the rate limit left no time before the flush deadline')
+            if self._stop.wait(wait):
+                raise _Interrupted()
 
     def _settle(self, worker, item, probe, kind, detail):
         """Record an outcome (lock held); return a replayed batch whose last event this was, to be released."""
@@ -431,16 +410,10 @@ class EventSender:
             with self._lock:
                 self._wait(time.monotonic() + ABORT_GRACE, lambda: any(worker.current is not None for worker in self._workers))
         with self._lock:
-            leftovers, pending = [], 0
-            for worker in self._workers:
-                items, fresh = worker.take_all()
-                leftovers.extend(items)
-                pending += fresh
-            stranded = self._replay.stranded(take=True)
-            leftovers.extend(stranded)
-            for item in leftovers:
-                if item.batch is None or not item.batch.closed:
-                    self._spooled_keys.add(item.change)
+            held = sum(len(worker.held) for worker in self._workers)  # tried and waiting; the rest is pending
+            leftovers = self._replay.stranded(take=True) + [item for worker in self._workers for item in worker.take_all()]
+            pending = len(leftovers) - held
+            self._spooled_keys.update(item.change for item in leftovers if item.batch is None or not item.batch.closed)
             leftovers.sort(key=lambda item: item.seq)
             batches = self._replay.take_open_batches()
         result = _report.store(self.spool, leftovers, batches, ahead, 'not delivered within the %.1f s flush timeout' % timeout, self._note)
@@ -449,7 +422,7 @@ class EventSender:
             messages = self._refusals.take_messages()
         for message in messages + result.messages(self.spool):
             self._note(message)
-        return timed_out, pending + len(stranded)
+        return timed_out, pending
 
 
 def _start(target, name, *args):

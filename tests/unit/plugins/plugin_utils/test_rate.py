@@ -18,7 +18,7 @@ class Clock:
 def test_no_limit_never_waits():
     for max_rate in (None, 0, -3):
         limiter = RateLimiter(max_rate)
-        assert not limiter.limited
+        assert limiter.interval is None
         assert [limiter.reserve(deadline=0.0) for _dummy in range(100)] == [0.0] * 100
 
 

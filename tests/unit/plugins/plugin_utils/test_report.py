@@ -99,7 +99,7 @@ def test_flush_report_summary():
     report = FlushReport(spooled=4, lost=1, dropped=2, timed_out=True, pending=4, elapsed=4.75)
     assert report.summary() == ("Flashduty change events: 0 delivered, 4 spooled, 2 dropped from the full spool, 1 lost; "
                                 "flush 4.8 s, timed out with 4 pending")
-    assert report.as_dict()["pending"] == 4 and "pending=4" in repr(report)
+    assert report._asdict()["pending"] == 4 and "pending=4" in repr(report)
 
 
 # ---------------------------------------------------------------- writing ahead and spooling what is left
