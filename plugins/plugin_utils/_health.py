@@ -82,18 +82,17 @@ class EndpointHealth:
 
 
 def sort_held(held, moment):
-    """``(movable, staying, next due time)``: held items (``endpoint``, ``key``, ``stuck``) that may be sent at
+    """``(movable, staying, next due time)``: held items (``endpoint``, ``change``, ``stuck``) that may be sent at
     ``moment``, and those that stay, each keeping every later item of its change behind it."""
     movable, staying, staying_keys, due = [], [], set(), None
     for item in held:
         endpoint = item.endpoint
-        change = (endpoint.fp, item.key)
-        blocked = item.stuck or change in staying_keys
+        blocked = item.stuck or item.change in staying_keys
         if not blocked and (endpoint.down_until is None or (not endpoint.probing and endpoint.down_until <= moment)):
             movable.append(item)
             continue
         staying.append(item)
-        staying_keys.add(change)
+        staying_keys.add(item.change)
         if not blocked and not endpoint.probing:
             due = endpoint.down_until if due is None else min(due, endpoint.down_until)
     return movable, staying, due

@@ -29,19 +29,15 @@ _SEQUENCE = itertools.count(1)
 class Item:
     """One event on its way to ``endpoint`` (an EndpointHealth); ``batch``: its spool batch when replayed."""
 
-    __slots__ = ('seq', 'endpoint', 'key', 'event', 'batch', 'attempts', 'first_failure', 'last_error', 'stuck', 'abandoned')
+    __slots__ = ('seq', 'endpoint', 'change', 'event', 'batch', 'attempts', 'first_failure', 'last_error', 'stuck', 'abandoned')
 
     def __init__(self, endpoint, event, batch=None, attempts=0, first_failure=None, last_error=None):
         self.seq = next(_SEQUENCE)
         self.endpoint, self.event, self.batch = endpoint, event, batch
-        self.key = '%s' % (event.get('change_key'),)
+        self.change = (endpoint.fp, '%s' % (event.get('change_key'),))
         self.attempts, self.first_failure, self.last_error = attempts, first_failure, last_error
         self.stuck = False      # not to be tried again before the next flush spools it
         self.abandoned = False  # taken by flush() while its thread was still sending it
-
-    @property
-    def change(self):
-        return (self.endpoint.fp, self.key)
 
     def record(self, fallback):
         """The spool record of this event; ``fallback`` is its last error if it never failed."""

@@ -58,24 +58,22 @@ class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * 
         return 'Flashduty change events: %d spooled events delivered, %s' % (self.replayed, left)
 
 
-class Refusals:
+class Refusals(dict):
     """Events refused for good, by endpoint and kind (HTTP status, Flashduty code): one warning each at take_messages()."""
-
-    def __init__(self):
-        self._kinds = collections.OrderedDict()
 
     def add(self, endpoint, error, event, from_spool=False):
         """One refused ``event`` for ``endpoint`` (an EndpointHealth); the first ``error`` of a kind stands for all."""
-        refusal = self._kinds.setdefault((endpoint.fp, error.status_code, error.code),
-                                         dict(endpoint=endpoint, error=error, event=event, from_spool=from_spool, ids=[], count=0))
+        refusal = self.setdefault((endpoint.fp, error.status_code, error.code),
+                                  dict(endpoint=endpoint, error=error, event=event, from_spool=from_spool, ids=[], count=0))
         refusal['count'] += 1
         if error.request_id and len(refusal['ids']) < MAX_REQUEST_IDS:
             refusal['ids'].append(error.request_id)
 
     def take_messages(self):
         """One warning per kind of refusal and endpoint since the last call (unredacted: the caller redacts)."""
-        refusals, self._kinds = list(self._kinds.values()), collections.OrderedDict()
-        return [_refusal_message(**refusal) for refusal in refusals]
+        messages = [_refusal_message(**refusal) for refusal in self.values()]
+        self.clear()
+        return messages
 
 
 def _refusal_message(endpoint, error, event, from_spool, ids, count):

@@ -230,7 +230,7 @@ class EventSender:
 
     def _route(self, item):
         """Give an item its thread (lock held)."""
-        index = zlib.crc32(('%s\0%s' % (item.endpoint.fp, item.key)).encode('utf-8', 'surrogatepass')) % self._concurrency
+        index = zlib.crc32(('%s\0%s' % item.change).encode('utf-8', 'surrogatepass')) % self._concurrency
         worker = self._workers[index]
         worker.queue.append(item)
         if worker.thread is None and not self._closed:
@@ -287,8 +287,7 @@ class EventSender:
                 worker.hold(item, item.endpoint.last_error if admission else None)
                 held_some = True
                 continue
-            if admission == PROBE:
-                self._generation += 1
+            self._generation += admission == PROBE
             worker.current = item
             return item, admission == PROBE
         return None, False
@@ -356,11 +355,9 @@ class EventSender:
         """Record an outcome (lock held); return a replayed batch whose last event this was, to be released."""
         endpoint = item.endpoint
         if kind in (DELIVERED, REFUSED):
-            changed = endpoint.answered(probe)
+            self._generation += endpoint.answered(probe)
         else:
-            changed = endpoint.failed(detail, probe) if kind == TRANSIENT and not item.abandoned else endpoint.interrupted(probe)
-        if changed:
-            self._generation += 1
+            self._generation += endpoint.failed(detail, probe) if kind == TRANSIENT and not item.abandoned else endpoint.interrupted(probe)
         if item.abandoned:
             return None  # flush() spooled it already; if it went through after all, the next run sends it again.
         if kind == DELIVERED:
@@ -373,12 +370,10 @@ class EventSender:
                 item.last_error = endpoint.redact(detail)
             worker.queue.appendleft(item)
             return None
-        else:
+        else:  # TRANSIENT, or LATE: not tried again before the flush spools it
             item.first_failure = item.first_failure or time.time()
-            if kind == TRANSIENT:
-                item.last_error = detail.reason
-            else:
-                item.last_error, item.stuck = endpoint.redact(detail), True
+            item.last_error = detail.reason if kind == TRANSIENT else endpoint.redact(detail)
+            item.stuck = item.stuck or kind == LATE
             worker.hold(item)
             return None
         return self._replay.settled(item)
@@ -426,7 +421,6 @@ class EventSender:
 
 
 def _start(target, name, *args):
-    thread = threading.Thread(target=target, name=name, args=args)
-    thread.daemon = True  # a non-daemon thread would keep ansible-playbook from exiting
+    thread = threading.Thread(target=target, name=name, args=args, daemon=True)  # not daemon: ansible-playbook would not exit
     thread.start()
     return thread

@@ -28,6 +28,7 @@ class Held:
     def __init__(self, endpoint, key, stuck=False):
         self.endpoint = endpoint
         self.key = key
+        self.change = (endpoint.fp, key)
         self.stuck = stuck
 
 

@@ -75,7 +75,7 @@ def test_take_all_marks_the_item_in_flight_and_forget_drops_a_batch():
 def test_a_record_keeps_the_history_of_the_event():
     endpoint = EndpointHealth(endpoint_for(URL), 5.0)
     item = Item(endpoint, {"change_key": 7}, attempts=3, first_failure=1700000000.5)
-    assert item.key == "7" and item.change == (endpoint.fp, "7")
+    assert item.change == (endpoint.fp, "7")
     assert item.record("fallback") == dict(event={"change_key": 7}, first_failure=1700000000.5, attempts=3, last_error="fallback")
     item.last_error = "HTTP 503"
     assert item.record("fallback")["last_error"] == "HTTP 503"

@@ -68,7 +68,7 @@ def test_spooled_events_are_routed_before_what_was_submitted_behind_them(spool):
         assert host.dispatcher.busy() and host.dispatcher.hold_back(submitted)
         assert host.dispatcher.stranded() == [submitted]
     assert host.wait_idle()
-    assert [(item.key, item.event["change_status"]) for item in host.routed] == [
+    assert [(item.change[1], item.event["change_status"]) for item in host.routed] == [
         ("a", "Processing"), ("a", "Done"), ("b", "Done"), ("a", "Canceled")]
     assert host.routed[0].attempts == 2 and host.routed[0].first_failure == 1700000000.0 and host.routed[0].last_error == "HTTP 503"
     assert host.routed[-1].batch is None
