@@ -54,30 +54,23 @@ class EndpointHealth:
 
     def interrupted(self, probe):
         """The attempt was cut short (flush deadline, close): a probe is over; True when the state changed."""
-        if probe:
-            self.probing = False
+        self.probing = self.probing and not probe
         return bool(probe)
 
     def answered(self, probe):
         """The endpoint answered (delivered or refused); True when its state changed."""
-        changed = self.interrupted(probe)
-        if self.down_until is not None:
-            self.down_until = None
-            self.unreachable = False
-            self.pause = self.first_pause
-            changed = True
+        changed = self.interrupted(probe) or self.down_until is not None
+        self.down_until, self.unreachable, self.pause = None, False, self.first_pause  # as they were while it was up
         return changed
 
     def failed(self, error, probe):
         """A transient failure after every retry (a FlashdutyError); True when its state changed."""
-        changed = self.interrupted(probe)
-        self.last_error = error.reason
-        self.unreachable = bool(error.unreachable)
-        if self.down_until is None or probe:
+        changed = self.interrupted(probe) or self.down_until is None  # a probe failed, or it just went down
+        self.last_error, self.unreachable = error.reason, bool(error.unreachable)
+        if changed:
             self.down_until = self._clock() + self.pause
-            changed = True
-            if probe:
-                self.pause = min(MAX_RETRY_PAUSE, self.pause * 2)
+        if probe:
+            self.pause = min(MAX_RETRY_PAUSE, self.pause * 2)
         return changed
 
 

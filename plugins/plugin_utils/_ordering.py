@@ -74,11 +74,9 @@ class Worker:
         if not self.held or (self.generation == generation and (self.due is None or now < self.due)):
             return
         self.generation = generation
-        movable, staying, self.due = sort_held(self.held, now)
-        if movable:
-            self.queue.extendleft(reversed(movable))
-            self.held = staying
-            self.blocked = set(item.change for item in staying)
+        movable, self.held, self.due = sort_held(self.held, now)
+        self.queue.extendleft(reversed(movable))
+        self.blocked = set(item.change for item in self.held)
 
     def pending(self):
         """Every item not delivered yet: held, queued and in flight (unless flush() took it)."""

@@ -5,8 +5,7 @@
 
 """Replaying the spool: claimed spool files, loaded on their own thread, ahead of what is submitted after.
 
-Private to this collection: not a public API, may change without notice. The dispatcher shares the sender's
-lock (``changed``, a Condition): its state is part of what a flush waits for.
+Private to this collection: not a public API, may change without notice.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -24,10 +23,10 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._spool import S
 class ReplayDispatcher:
     """Loads spooled events for replay and keeps their claims alive while they are being sent.
 
-    ``changed``: the sender's Condition. ``route(item)`` queues an Item, replayed or submitted behind a replay;
-    ``forget(batch)`` drops a batch another run took over; ``alive()``: the sender is not closed (lock held for
-    the three). ``note(message)`` keeps a warning. A batch is a spool file claimed for replay. The sender calls
-    release() without the lock, the other public methods with it held.
+    ``changed``: the sender's Condition, whose lock it shares (its state is part of what a flush waits for): the sender
+    calls release() without it, the other public methods with it held. ``route(item)`` queues an Item, replayed or
+    submitted behind a replay; ``forget(batch)`` drops a batch (a claimed spool file) another run took over;
+    ``alive()``: the sender is not closed (lock held for the three). ``note(message)`` keeps a warning.
     """
 
     def __init__(self, spool, changed, route, forget, note, alive):

@@ -98,11 +98,9 @@ class _Transport(HttpTransport):
 
 
 class EventSender:
-    """Delivers change events off the caller's thread. No method raises, and only flush() blocks.
-
-    ``client_options``: ``timeout``, ``retries``, ``validate_certs``, ``ca_path`` for FlashdutyClient. ``max_rate``:
-    requests per second over all threads and endpoints (0 or None: no limit). ``spool``: a Spool, or None.
-    """
+    """Delivers change events off the caller's thread. No method raises, and only flush() blocks. ``client_options``:
+    ``timeout``, ``retries``, ``validate_certs``, ``ca_path`` for FlashdutyClient. ``max_rate``: requests per second over
+    all threads and endpoints (0 or None: no limit). ``spool``: a Spool, or None."""
 
     def __init__(self, client_options=None, max_rate=DEFAULT_MAX_RATE, concurrency=DEFAULT_CONCURRENCY, spool=None,
                  retry_pause=DEFAULT_RETRY_PAUSE):
@@ -183,11 +181,9 @@ class EventSender:
         self._cut = True
 
     def flush(self, timeout, write_ahead=False):
-        """Wait at most ``timeout`` seconds for delivery, then spool what is left; return a FlushReport.
-
-        ``write_ahead``: first write every event not yet delivered to the spool, and take back what was
-        delivered afterwards, so that nothing is lost if the process is killed while this waits.
-        """
+        """Wait at most ``timeout`` seconds for delivery, then spool what is left; return a FlushReport. ``write_ahead``:
+        first spool every event not yet delivered (what is delivered meanwhile is taken back), so that a process killed
+        while this waits loses nothing."""
         started = time.monotonic()
         deadline = started + max(0.0, float(timeout or 0))
         while not self._flush_lock.acquire(timeout=max(0.0, min(CUT_POLL, deadline - time.monotonic()))):  # pylint: disable=consider-using-with
@@ -323,10 +319,8 @@ class EventSender:
             return REFUSED, FlashdutyError('internal error while sending: %s: %s' % (type(exc).__name__, exc))
 
     def _pause(self, seconds, transport):
-        """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited.
-
-        Once the flush has begun, an endpoint that cannot be reached at all is not tried again: spooled at once.
-        """
+        """The client's sleep between retries: interruptible, bounded by the flush deadline, then rate-limited. Once the
+        flush has begun, an endpoint that cannot be reached at all is not tried again: spooled at once."""
         end = time.monotonic() + max(0.0, seconds)
         with self._lock:
             while True:
