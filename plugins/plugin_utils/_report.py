@@ -39,11 +39,9 @@ class FlushReport(collections.namedtuple('FlushReport', FIELDS, defaults=(0,) * 
 
     def summary(self):
         """One line, e.g. ``Flashduty change events: 12 delivered (2 from the spool), 1 refused, 3 spooled; flush 0.4 s``."""
-        parts = ['%d delivered' % self.delivered + (' (%d from the spool)' % self.replayed if self.replayed else '')]
-        for count, text in ((self.failed, 'refused'), (self.spooled, 'spooled'), (self.dropped, 'dropped from the full spool'),
-                            (self.lost, 'lost')):
-            if count:
-                parts.append('%d %s' % (count, text))
+        parts = ['%d delivered' % self.delivered + (' (%d from the spool)' % self.replayed if self.replayed else '')] + [
+            '%d %s' % (count, text) for count, text in ((self.failed, 'refused'), (self.spooled, 'spooled'),
+                                                        (self.dropped, 'dropped from the full spool'), (self.lost, 'lost')) if count]
         tail = 'flush %.1f s' % self.elapsed + (', timed out with %d pending' % self.pending if self.timed_out else '')
         return 'Flashduty change events: %s; %s' % (', '.join(parts), tail)
 
