@@ -70,9 +70,6 @@ class PlayLog:
         self.batch_started[-1] = now
         return self.batches[-1]
 
-    def name_task(self, task_id, name):
-        self.task_names[task_id] = name
-
     def add(self, outcomes):
         counters, last, changed = self.counters, self.last_result, self.changed
         for host, increments, task_id, when in outcomes:
@@ -87,9 +84,6 @@ class PlayLog:
                 if record is None:
                     record = changed[task_id] = (self.task_names.get(task_id) or 'a task', {})
                 record[1][host] = None
-
-    def add_failure(self, host, kind, task_name, reason, stops_batch):
-        self.failures[host] = (kind, task_name, reason, stops_batch)
 
     def verdict(self, targets, failed, unreachable, max_fail_percentage=None):
         """``(not_run, stopped, aborted)``: hosts that never ran, hosts stopped by another host's failure, and

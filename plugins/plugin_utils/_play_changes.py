@@ -52,25 +52,19 @@ _META_ACTIONS = frozenset(('meta', 'ansible.builtin.meta', 'ansible.legacy.meta'
 
 
 class PlayState:
-    """What the callback tracks about the current play."""
+    """What the callback tracks about the current play. ``outcomes``: ``(host name, counter indexes to add, task id,
+    time)`` per task result, until folded into ``log``; ``secrets``: the integration keys of the play's push URLs,
+    masked in what is taken from results; ``context``: automatic_labels()' keyword arguments, and context_line()'s."""
 
     __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'log', 'failed', 'unreachable', 'batches',
                  'context', 'targets', 'secrets', 'replay_only')
 
-    def __init__(self, play, index, check_mode):
-        self.uuid = play._uuid
-        self.index = index
-        self.name = None
-        self.check_mode = check_mode
-        self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until folded into log
+    def __init__(self, play, index):
+        self.uuid, self.index, self.check_mode, self.batches = play._uuid, index, bool(play.check_mode), [play]
+        self.name = self.context = None
+        self.changes, self.outcomes, self.targets, self.secrets = [], [], [], ()
+        self.failed, self.unreachable = set(), set()
         self.log = _outcome.PlayLog()
-        self.failed = set()
-        self.unreachable = set()
-        self.batches = [play]
-        self.context = None
-        self.targets = []
-        self.secrets = ()      # the integration keys of the play's push URLs, masked in what is taken from results
         self.replay_only = False
 
     def final_failures(self):
@@ -110,11 +104,11 @@ class PlayState:
             reason = _story.HIDDEN_REASON
         # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
         stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
-        self.log.add_failure(host, _outcome.UNREACHABLE_HOST if unreachable else _outcome.FAILURE, task_label(task), reason, stops)
+        self.log.failures[host] = (_outcome.UNREACHABLE_HOST if unreachable else _outcome.FAILURE, task_label(task), reason, stops)
 
 
 class Change:
-    """One change of a play: one Endpoint, and one host in per-host mode.
+    """One change of a play: one Endpoint, and one ``host`` in per-host mode.
 
     ``labels`` are the automatic labels as ``(name, value)`` pairs, most important
     first; ``user_labels`` those of flashduty_labels and label_vars (``masked`` names
@@ -126,17 +120,9 @@ class Change:
                  'started')
 
     def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, host=None, masked=()):
-        self.endpoint = endpoint
-        self.key = key
-        self.title = title
-        self.link = link
-        self.hosts = hosts
-        self.labels = labels
-        self.user_labels = user_labels
-        self.masked = masked
-        self.start_time = start_time
+        self.endpoint, self.key, self.title, self.link, self.hosts, self.host = endpoint, key, title, link, hosts, host
+        self.labels, self.user_labels, self.masked, self.start_time = labels, user_labels, masked, start_time
         self.held = None
-        self.host = host          # per-host mode: the host of this change
         self.started = False      # its start event was sent (or held): a task of its hosts started
 
 
@@ -147,7 +133,8 @@ class ChangeMaker:
     ``option_endpoint`` holds the callback's push_url, integration_key and api_url options, used when
     the play's variables name no endpoint; ``run_id`` makes the default change keys; ``module`` is the
     module of an ad-hoc run, which titles and descriptions name; ``explicit`` maps the change keys a
-    change_event task reported in this run to the last status it sent: the callback sends nothing more under them.
+    change_event task reported in this run to the last status it sent: the callback sends nothing more under them;
+    ``decrypted`` is the run's cache of decrypted vaulted values (see PlayReader.variables).
     """
 
     def __init__(self, warn, note, option_endpoint, label_vars, per_host, run_id, status_map, changed_only=False, task_names=True):
@@ -162,13 +149,11 @@ class ChangeMaker:
         self._task_names = task_names
         self.module = None
         self.explicit = {}
+        self.decrypted = {}
 
-    def resolve(self, reader, members, play_name, decrypted):
-        """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported.
-
-        ``decrypted`` is the run's cache of decrypted vaulted values (see PlayReader.variables).
-        """
-        values, problems = reader.variables(members[0], decrypted)
+    def resolve(self, reader, members, play_name):
+        """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
+        values, problems = reader.variables(members[0], self.decrypted)
         if 'flashduty_enabled' in values:
             try:
                 if not boolean(values['flashduty_enabled'], strict=True):
@@ -201,11 +186,8 @@ class ChangeMaker:
             return None
         return endpoint, values
 
-    def changes(self, play_name, play_index, endpoint, parts, order, common, ci_link, now):
-        """The changes of ``endpoint``, whose ``parts`` are ``(hosts, variables)`` pairs, hosts in ``order``.
-
-        ``common`` holds automatic_labels()' keyword arguments shared by every change of the play.
-        """
+    def changes(self, state, endpoint, parts, order, ci_link, now):
+        """The changes of ``endpoint`` in the play of ``state``, whose ``parts`` are ``(hosts, variables)`` pairs, hosts in ``order``."""
         if self._per_host:  # each host has the labels and settings of its own set of hosts, not those of the others
             units = [([host], self._settings([part], endpoint)) for part in parts for host in part[0]]
         else:
@@ -216,10 +198,10 @@ class ChangeMaker:
             names = [host.name for host in hosts]
             host = names[0] if self._per_host else None
             groups = _play.visible_groups(group.name for member in hosts for group in member.get_groups())
-            key = settings.get('flashduty_change_key')
-            key = _play.host_change_key(key, host) if key and host else key or _play.default_change_key(self._run_id, play_index, host)
-            title = settings.get('flashduty_change_title') or _play.change_title(play_name, names, host=host, module=self.module)
-            labels = _play.automatic_labels(names, groups, host=host, **common)
+            key = settings.get('flashduty_change_key') or '%s-%d' % (self._run_id, state.index)
+            key = '%s-%s' % (key, host) if host else key
+            title = settings.get('flashduty_change_title') or _play.change_title(state.name, names, host=host, module=self.module)
+            labels = _play.automatic_labels(names, groups, host=host, **state.context)
             changes.append(Change(endpoint, key, title, settings.get('flashduty_change_link') or ci_link, names, labels,
                                   dict(user_labels), now, host=host, masked=masked))
         changes.sort(key=lambda change: order[change.hosts[0]])
@@ -284,7 +266,7 @@ class ChangeMaker:
         """``(endpoint, event)`` pairs ending the play's started changes; ``interrupted`` says why the run stopped first."""
         not_run, stopped, aborted = set(), set(), False
         if not interrupted:
-            not_run, stopped, aborted = state.log.verdict(state.targets, failed, unreachable, _max_fail_percentage(state.batches[0]))
+            not_run, stopped, aborted = state.log.verdict(state.targets, failed, unreachable, state.batches[0].max_fail_percentage)
         context_line = _play.context_line(**state.context)
         subject, what = self._subject(state)
         events = []
@@ -362,24 +344,6 @@ def task_label(task):
     return ('%s' % (name or 'unnamed task',)).strip()
 
 
-def batch_hosts(play, targets):
+def batch_hosts(play):
     """The hosts of the serial batch a play start announces: the inventory is restricted to them while it runs."""
-    try:
-        inventory = play.get_variable_manager()._inventory
-        return [host.name for host in inventory.get_hosts(play.hosts, order=getattr(play, 'order', None))]
-    except Exception:  # no inventory to ask (a test double): the batch is every target
-        return list(targets)
-
-
-def host_pattern(hosts):
-    if isinstance(hosts, (list, tuple)):
-        return ','.join('%s' % (item,) for item in hosts)
-    return '%s' % (hosts,) if hosts is not None else None
-
-
-def _max_fail_percentage(play):
-    value = getattr(play, 'max_fail_percentage', None)
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+    return [host.name for host in play.get_variable_manager()._inventory.get_hosts(play.hosts, order=play.order)]
