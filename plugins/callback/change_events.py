@@ -326,11 +326,10 @@ class CallbackModule(CallbackBase):
         """A numeric option, or its default with one warning when it is out of the range OPTION_RANGES gives it."""
         value = self.get_option(name)
         problem = option_problem(name, value)
-        if problem is None:
-            return value
-        default = OPTION_RANGES[name][3]
-        self._warn_once('%s; the default %s is used' % (problem, '%g' % default))
-        return default
+        if problem is not None:
+            value = OPTION_RANGES[name][3]
+            self._warn_once('%s; the default %g is used' % (problem, value))
+        return value
 
     def _warn_once(self, message, key=None):
         """One warning per distinct problem and run. ``message`` must already be redacted."""

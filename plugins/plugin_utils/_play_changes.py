@@ -3,15 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The changes a play makes, for the change_events callback: which hosts report where, under which key and
-labels, and the events that start and end them.
+"""The changes a play makes, for the change_events callback: which hosts report where (the Endpoint a set of
+hosts resolves to), under which key, title, link and labels, and the events that start and end them.
 
 Private to this collection: not a public API, may change without notice.
-
-The callback reads a play's variables for each set of hosts that resolve alike
-(``_play_vars.PlayReader``); ChangeMaker turns them into the Endpoint those
-hosts report to, then into one Change per endpoint, or one per host in
-per-host mode, each with its key, title, link and labels, and makes their events.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,14 +20,7 @@ from ansible.executor.task_result import TaskResult
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
-    ENDPOINT_VARIABLES,
-    FlashdutyError,
-    build_event,
-    endpoint_settings,
-    redact,
-    resolve_endpoint,
-    truncate,
-)
+    ENDPOINT_VARIABLES, FlashdutyError, build_event, endpoint_settings, resolve_endpoint, truncate)
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _story
 
 _ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
@@ -68,18 +56,9 @@ class PlayState:
         self.replay_only = False
 
     def final_failures(self):
-        """Hosts that failed (errors not ignored, not rescued) and hosts unreachable in the play.
-
-        A failure later rescued by a block is taken back from the play's removed hosts by
-        the strategy; when that list is available it settles which failures stood.
-        """
-        removed = set()
-        for play in self.batches:
-            hosts = getattr(play, '_removed_hosts', None)
-            if not isinstance(hosts, list):
-                return set(self.failed), set(self.unreachable)
-            removed.update(hosts)
-        return set(host for host in self.failed if host in removed), set(self.unreachable)
+        """Hosts that failed (errors not ignored, not rescued: the strategy takes a rescued failure back out of the
+        play's removed hosts) and hosts unreachable in the play."""
+        return self.failed & set().union(*(play._removed_hosts for play in self.batches)), set(self.unreachable)
 
     def add_failure(self, host, task, result, when, ignored=False, unreachable=False):
         """A failed (or ``unreachable``) task result: counted, and unless ``ignored`` or rescued, kept with the failing
@@ -91,20 +70,15 @@ class PlayState:
             self.outcomes.append((host, _outcome.RESULT_IGNORED_CHANGED if changed else _outcome.RESULT_IGNORED, task._uuid, when))
             return
         # The strategy has already taken a failure a block rescues out of the play's removed hosts.
-        removed = getattr(self.batches[-1], '_removed_hosts', None)
-        if not unreachable and isinstance(removed, list) and host not in removed:
+        if not unreachable and host not in self.batches[-1]._removed_hosts:
             self.outcomes.append((host, _outcome.RESULT_RESCUED, task._uuid, when))
             return
         self.outcomes.append((host, _outcome.RESULT_UNREACHABLE if unreachable else _outcome.RESULT_FAILED, task._uuid, when))
         (self.unreachable if unreachable else self.failed).add(host)
-        data = result_data(result)
-        no_log = bool(getattr(task, 'no_log', False))
-        reason = _story.reason_of(data, no_log, self.secrets, redact)
-        if reason is None and isinstance(data, dict) and (no_log or 'censored' in data):
-            reason = _story.HIDDEN_REASON
+        reason = _story.reason_of(result_data(result), getattr(task, 'no_log', False), self.secrets)
         # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
         stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
-        self.log.failures[host] = (_outcome.UNREACHABLE_HOST if unreachable else _outcome.FAILURE, task_label(task), reason, stops)
+        self.log.failures[host] = (task_label(task), reason, stops)
 
 
 class Change:
@@ -138,18 +112,10 @@ class ChangeMaker:
     """
 
     def __init__(self, warn, note, option_endpoint, label_vars, per_host, run_id, status_map, changed_only=False, task_names=True):
-        self._warn = warn
-        self._note = note
-        self._option_endpoint = option_endpoint
-        self._label_vars = label_vars
-        self._per_host = per_host
-        self._run_id = run_id
-        self._status_map = status_map
-        self._changed_only = changed_only
-        self._task_names = task_names
+        self._warn, self._note, self._option_endpoint, self._label_vars = warn, note, option_endpoint, label_vars
+        self._per_host, self._run_id, self._status_map, self._changed_only, self._task_names = per_host, run_id, status_map, changed_only, task_names
         self.module = None
-        self.explicit = {}
-        self.decrypted = {}
+        self.explicit, self.decrypted = {}, {}
 
     def resolve(self, reader, members, play_name):
         """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
@@ -208,31 +174,24 @@ class ChangeMaker:
         return changes
 
     def _settings(self, parts, endpoint):
-        """The user labels of a change's sets of hosts (merged), its first key, title and link settings, and where
-        the integration key was masked in the labels."""
-        user_sets = []
-        settings = {}
-        masked = []
+        """The user labels of a change's sets of hosts (flashduty_labels and label_vars, merged), its first key,
+        title and link settings, and where the integration key was masked in the labels."""
+        user_sets, settings, masked = [], {}, []
         for _members, values in parts:
-            labels, where = self._user_labels(values, endpoint.secrets)
+            labels, problems, where = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels', endpoint.secrets)
+            extra = dict((name, values[name]) for name in self._label_vars if name in values)
+            more, more_problems, more_where = _play.clean_user_labels(extra, 'label_vars', endpoint.secrets)
+            for name, value in more.items():
+                labels.setdefault(name, value)
+            for problem in problems + more_problems:
+                self._warn(problem)
             user_sets.append(labels)
-            masked.extend(field for field in where if field not in masked)
+            masked.extend(field for field in where + more_where if field not in masked)
             for name in _CHANGE_SETTINGS:
                 value = values.get(name)
                 if name not in settings and value not in (None, ''):
                     settings[name] = '%s' % (value,)
         return _play.merge_user_labels(user_sets), settings, masked
-
-    def _user_labels(self, values, secrets):
-        """The labels of flashduty_labels and label_vars, and where the integration key was masked in them."""
-        labels, problems, masked = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels', secrets)
-        extra = dict((name, values[name]) for name in self._label_vars if name in values)
-        more, more_problems, more_masked = _play.clean_user_labels(extra, 'label_vars', secrets)
-        for name, value in more.items():
-            labels.setdefault(name, value)
-        for problem in problems + more_problems:
-            self._warn(problem)
-        return labels, masked + more_masked
 
     def _subject(self, state):
         """What descriptions name, and what it is: the play, or the module of an ad-hoc run."""
@@ -331,9 +290,7 @@ class ChangeMaker:
 def runs_something(task):
     """Whether a task starting makes the play a change: not a meta task, nor the implicit fact gathering alone."""
     action = getattr(task, 'action', None)
-    if action in _META_ACTIONS:
-        return False
-    return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
+    return action not in _META_ACTIONS and not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
 
 
 def task_label(task):
