@@ -280,7 +280,6 @@ class CallbackModule(CallbackBase):
 
     def __init__(self, display=None, options=None):
         self._end = RunEnd(self._finish, lambda: self._sender is not None and self._sender.cut(), self._internal_error)
-        # _outcomes: the current play's outcomes list while its results are counted.
         self._play = self._outcomes = self._playbook = self._git_revision = self._sender = self._reported_counts = None
         self._play_index = self._playbooks_started = 0
         self._clock = float
@@ -431,7 +430,7 @@ class CallbackModule(CallbackBase):
 
     # Task results (keep these tiny): they run once per host and task. Each appends (host name, counters to add,
     # task id, time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
-    # _fold_outcomes() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
+    # the play's log folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
 
     def v2_runner_on_ok(self, result, **kwargs):
         outcomes = self._outcomes
@@ -462,19 +461,12 @@ class CallbackModule(CallbackBase):
         if self._outcomes is not None:
             self._play.add_failure(host_name(result), task_of(result), result, self._clock(), unreachable=True)
 
-    def _fold_outcomes(self):
-        """Fold the outcomes gathered since the last call into the play's log."""
-        state = self._play
-        if state is not None and state.outcomes:
-            state.log.add(state.outcomes)
-            del state.outcomes[:]
-
     @_guarded
     def v2_playbook_on_task_start(self, task, is_conditional=False):
         # No warning from here: it would come between the task's header and its results.
-        self._fold_outcomes()
         state = self._play
         if state is not None and state.changes:
+            state.log.add(state.outcomes)
             state.log.task_names[getattr(task, '_uuid', None)] = task_label(task)
             batch = state.log.first_task(time.time()) if runs_something(task) else None
             if batch is not None:
@@ -517,10 +509,10 @@ class CallbackModule(CallbackBase):
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
-        self._fold_outcomes()
         state, self._play, self._outcomes = self._play, None, None
         if state is None or not state.changes:
             return
+        state.log.add(state.outcomes)
         failed, unreachable = state.final_failures()
         if not interrupted:
             self._dead_hosts.update(failed | unreachable)

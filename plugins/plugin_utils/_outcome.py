@@ -67,6 +67,7 @@ class PlayLog:
         return self.batches[-1]
 
     def add(self, outcomes):
+        """Fold ``outcomes`` in, and empty it."""
         counters, last, changed = self.counters, self.last_result, self.changed
         for host, increments, task_id, when in outcomes:
             counts = counters.get(host)
@@ -80,6 +81,7 @@ class PlayLog:
                 if record is None:
                     record = changed[task_id] = (self.task_names.get(task_id) or 'a task', {})
                 record[1][host] = None
+        del outcomes[:]
 
     def verdict(self, targets, failed, unreachable, max_fail_percentage=None):
         """``(not_run, stopped, aborted)``: hosts that never ran, hosts stopped by another host's failure, and

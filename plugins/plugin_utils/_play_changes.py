@@ -82,13 +82,10 @@ class PlayState:
 
 
 class Change:
-    """One change of a play: one Endpoint, and one ``host`` in per-host mode.
-
-    ``labels`` are the automatic labels as ``(name, value)`` pairs, most important
-    first; ``user_labels`` those of flashduty_labels and label_vars (``masked`` names
-    those where the integration key was masked); ``held`` the start event kept back
-    in changed-only mode.
-    """
+    """One change of a play: one Endpoint, and one ``host`` in per-host mode. ``labels`` are the automatic labels
+    as ``(name, value)`` pairs, most important first; ``user_labels`` those of flashduty_labels and label_vars
+    (``masked`` names those where the integration key was masked); ``held`` the start event kept back in
+    changed-only mode."""
 
     __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held', 'host',
                  'started')
@@ -101,15 +98,11 @@ class Change:
 
 
 class ChangeMaker:
-    """Makes the changes of each play of a run, and their events.
-
-    ``warn(message, key=None)`` shows a warning once per key, ``note(message)`` a line at -vvv;
-    ``option_endpoint`` holds the callback's push_url, integration_key and api_url options, used when
-    the play's variables name no endpoint; ``run_id`` makes the default change keys; ``module`` is the
-    module of an ad-hoc run, which titles and descriptions name; ``explicit`` maps the change keys a
-    change_event task reported in this run to the last status it sent: the callback sends nothing more under them;
-    ``decrypted`` is the run's cache of decrypted vaulted values (see PlayReader.variables).
-    """
+    """Makes the changes of each play of a run, and their events. ``warn(message, key=None)`` shows a warning once
+    per key, ``note(message)`` a line at -vvv; ``option_endpoint`` holds the callback's push_url, integration_key
+    and api_url options, used when the play's variables name no endpoint; ``module`` is the module of an ad-hoc
+    run; ``explicit`` maps the change keys a change_event task reported in this run to the last status it sent:
+    the callback sends nothing more under them; ``decrypted`` caches vaulted values (see PlayReader.variables)."""
 
     def __init__(self, warn, note, option_endpoint, label_vars, per_host, run_id, status_map, changed_only=False, task_names=True):
         self._warn, self._note, self._option_endpoint, self._label_vars = warn, note, option_endpoint, label_vars
@@ -127,16 +120,12 @@ class ChangeMaker:
             except TypeError:
                 self._warn('flashduty_enabled should be a boolean, got %r; taken as true' % (values['flashduty_enabled'],),
                            key=('enabled', '%r' % (values['flashduty_enabled'],)))
-        broken = set()
         for problem in problems:
-            broken.add(problem.name)
-            hint = ''
-            if problem.name in _ENDPOINT_NAMES:
-                hint = ('; plays using it are not reported. If it is vaulted, give ansible-playbook the vault password '
-                        '(--vault-id, --vault-password-file or --ask-vault-pass)')
+            hint = ('; plays using it are not reported. If it is vaulted, give ansible-playbook the vault password '
+                    '(--vault-id, --vault-password-file or --ask-vault-pass)') if problem.name in _ENDPOINT_NAMES else ''
             self._warn('the variable %s could not be decrypted or templated: %s%s' % (problem.name, problem.message, hint),
                        key=('variable', problem.name))
-        if broken & _ENDPOINT_NAMES:
+        if any(problem.name in _ENDPOINT_NAMES for problem in problems):
             return None
         source = endpoint_settings(values, 'variable')
         try:
@@ -198,11 +187,9 @@ class ChangeMaker:
         return (self.module, 'ad-hoc run of') if self.module else (state.name, 'play')
 
     def start_events(self, state, batch, now):
-        """``(endpoint, event)`` pairs starting the changes of the hosts in ``batch``, whose first task starts.
-
-        In per-play mode a change starts when the play did; in per-host mode when the host's batch starts its
-        first task. In changed-only mode the start event is held back, to be sent with the end event.
-        """
+        """``(endpoint, event)`` pairs starting the changes of the hosts in ``batch``, whose first task starts: in
+        per-play mode a change starts when the play did, in per-host mode when its host's batch starts its first task.
+        In changed-only mode the start event is held back, to be sent with the end event."""
         events = []
         for change in state.changes:
             if change.key in self.explicit or change.started or (change.host is not None and change.host not in batch):
@@ -223,9 +210,8 @@ class ChangeMaker:
 
     def end_events(self, state, failed, unreachable, interrupted, now):
         """``(endpoint, event)`` pairs ending the play's started changes; ``interrupted`` says why the run stopped first."""
-        not_run, stopped, aborted = set(), set(), False
-        if not interrupted:
-            not_run, stopped, aborted = state.log.verdict(state.targets, failed, unreachable, state.batches[0].max_fail_percentage)
+        not_run, stopped, aborted = (set(), set(), False) if interrupted else state.log.verdict(
+            state.targets, failed, unreachable, state.batches[0].max_fail_percentage)
         context_line = _play.context_line(**state.context)
         subject, what = self._subject(state)
         events = []
