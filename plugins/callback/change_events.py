@@ -284,7 +284,7 @@ class CallbackModule(CallbackBase):
         self._play_index = self._playbooks_started = 0
         self._clock = float
         self._dead_hosts, self._warned, self._replayed = set(), set(), set()
-        self._replay_report = self._config_ok = False
+        self._replay_report = False
         self._run_id = '%s-%s' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime()), uuid.uuid4().hex[:6])
         self._user, self._controller = _play.controller_identity()
         super(CallbackModule, self).__init__(display=display, options=options)
@@ -319,7 +319,6 @@ class CallbackModule(CallbackBase):
         self._maker = ChangeMaker(self._warn_once, lambda message: self._display.vvv(WARNING_PREFIX + message), option_endpoint,
                                   self._label_vars, per_host, self._run_id, status_map, changed_only=bool(self.get_option('changed_only')),
                                   task_names=bool(self.get_option('task_names')))
-        self._config_ok = True
 
     def _number_option(self, name):
         """A numeric option, or its default with one warning when it is out of the range OPTION_RANGES gives it."""
@@ -355,15 +354,14 @@ class CallbackModule(CallbackBase):
             self._maker.module = context.CLIARGS.get('module_name') or 'command'
         elif path:
             self._playbook = _play.playbook_label(path)
-            if self._config_ok:
-                started = time.monotonic()
-                self._git_revision = _revision.git_revision(os.path.dirname(os.path.abspath(path)))
-                self._display.vvv('Flashduty change events: revision %s read in %.3f s'
-                                  % (self._git_revision or '(not a git work tree)', time.monotonic() - started))
+            started = time.monotonic()
+            self._git_revision = _revision.git_revision(os.path.dirname(os.path.abspath(path)))
+            self._display.vvv('Flashduty change events: revision %s read in %.3f s'
+                              % (self._git_revision or '(not a git work tree)', time.monotonic() - started))
 
     @_guarded
     def v2_playbook_on_play_start(self, play):
-        if not self._config_ok or self._end.finished:
+        if self._end.finished:
             return
         current = self._play
         if current is not None and current.uuid == play._uuid:
@@ -494,7 +492,7 @@ class CallbackModule(CallbackBase):
 
     @_guarded
     def v2_playbook_on_stats(self, stats):
-        if not self._config_ok or self._end.finished:
+        if self._end.finished:
             return
         # Ansible sends this after each playbook of the command line: see _run_end for a signal during its flush.
         self._end.ending = True
@@ -537,10 +535,9 @@ class CallbackModule(CallbackBase):
 
     def _finish(self, reason):
         """Close what is open as interrupted, deliver within the flush timeout, stop the threads."""
-        try:
-            if self._config_ok:
-                self._close_play(interrupted=reason)
-                self._flush()
+        try:  # only after a play was reported: the options were read
+            self._close_play(interrupted=reason)
+            self._flush()
         finally:
             if self._sender is not None:  # the threads stop even after an internal error above
                 self._sender.close()

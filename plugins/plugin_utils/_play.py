@@ -72,10 +72,7 @@ def summarize_names(names, limit=MAX_LABEL_VALUE_LENGTH, separator=','):
 
 def playbook_label(path):
     """A playbook's path as a label: relative to the working directory when below it, else its file name."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        relative = path
+    relative = os.path.relpath(path)
     return relative if not relative.startswith('..') else os.path.basename(path)
 
 
@@ -96,8 +93,7 @@ def visible_groups(group_names):
 def parse_status_map(value):
     """The ``status_map`` option (a dict, or ``phase=Status`` pairs such as ``failed=Canceled,started=Ready``)
     over DEFAULT_STATUS_MAP. Returns ``(mapping, warnings)``."""
-    mapping = dict(DEFAULT_STATUS_MAP)
-    warnings = []
+    mapping, warnings = dict(DEFAULT_STATUS_MAP), []
     if value is None or value == '':
         return mapping, warnings
     if isinstance(value, Mapping):
