@@ -350,7 +350,6 @@ class CallbackModule(CallbackBase):
         self._playbooks_started += 1
         path = getattr(playbook, '_file_name', None)
         if path == _ADHOC_PLAYBOOK:
-            self._playbook = None
             self._maker.module = context.CLIARGS.get('module_name') or 'command'
         elif path:
             self._playbook = _play.playbook_label(path)

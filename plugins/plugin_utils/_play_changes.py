@@ -202,7 +202,7 @@ class ChangeMaker:
             subject, what = self._subject(state)
             event = self._event(change, self._status_map['started'], _play.start_description(subject, change.hosts, state.context, what=what),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
-            if event is not None and self._changed_only:
+            if self._changed_only:
                 change.held = event
             elif event is not None:
                 events.append((change.endpoint, event))
@@ -238,12 +238,8 @@ class ChangeMaker:
             end = now if change.host is None or interrupted else state.log.last_result.get(change.host, now)
             event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
                                 max(end, change.start_time))
-            if event is None:
-                continue
-            if change.held is not None:
-                events.append((change.endpoint, change.held))
-                change.held = None
-            events.append((change.endpoint, event))
+            if event is not None:  # the held start event first
+                events.extend((change.endpoint, item) for item in (change.held, event) if item is not None)
         return events
 
     def _labels(self, automatic, user, final):
