@@ -239,26 +239,10 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
-    OPTION_RANGES,
-    FlashdutyError,
-    option_problem,
-    redact,
-    url_warnings,
-)
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import OPTION_RANGES, FlashdutyError, option_problem, redact, url_warnings
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _play_vars, _revision
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play_changes import (
-    ChangeMaker,
-    PlayState,
-    batch_hosts,
-    host_name,
-    host_pattern,
-    result_data,
-    runs_something,
-    task_id,
-    task_label,
-    task_of,
-)
+    ChangeMaker, PlayState, batch_hosts, host_name, result_data, runs_something, task_id, task_label, task_of)
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._run_end import RunEnd
 
 # Tasks whose results are change events the playbook sent itself (the role sends through the same task).
@@ -295,27 +279,15 @@ class CallbackModule(CallbackBase):
     CALLBACK_NEEDS_ENABLED = True
 
     def __init__(self, display=None, options=None):
-        self._end = RunEnd(self._finish, self._cut, self._internal_error)
-        self._play = None
-        self._outcomes = None  # the current play's outcomes list while its results are counted
-        self._play_index = 0
-        self._playbook = None
-        self._git_revision = None
+        self._end = RunEnd(self._finish, lambda: self._sender is not None and self._sender.cut(), self._internal_error)
+        self._play = self._outcomes = self._playbook = self._git_revision = self._sender = self._reported_counts = None
+        self._play_index = self._playbooks_started = 0
         self._clock = float
-        self._dead_hosts = set()
-        self._warned = set()
-        self._sender = None
-        self._reported_counts = None
-        self._replayed = set()
+        self._dead_hosts, self._warned, self._replayed = set(), set(), set()
         self._replay_report = False
-        self._decrypted = {}
         self._run_id = '%s-%s' % (time.strftime('%Y%m%dT%H%M%S', time.gmtime()), uuid.uuid4().hex[:6])
         self._user, self._controller = _play.controller_identity()
-        self._playbooks_started = 0
-        self._config_ok = False
         super(CallbackModule, self).__init__(display=display, options=options)
-
-    # ---------------------------------------------------------------- options and warnings
 
     def set_options(self, task_keys=None, var_options=None, direct=None):
         super(CallbackModule, self).set_options(task_keys=task_keys, var_options=var_options, direct=direct)
@@ -333,7 +305,7 @@ class CallbackModule(CallbackBase):
         for problem in problems:
             self._warn_once(problem)
         per_host = bool(self.get_option('per_host'))
-        self._check_mode_policy = self.get_option('check_mode') or 'skip'
+        self._planned = self.get_option('check_mode') == 'planned'
         # When each task result came is only needed for the end of each host's own change (per-host mode).
         self._clock = time.time if per_host else float
         self._label_vars = [name.strip() for name in (self.get_option('label_vars') or []) if name and name.strip()]
@@ -347,26 +319,22 @@ class CallbackModule(CallbackBase):
         self._maker = ChangeMaker(self._warn_once, lambda message: self._display.vvv(WARNING_PREFIX + message), option_endpoint,
                                   self._label_vars, per_host, self._run_id, status_map, changed_only=bool(self.get_option('changed_only')),
                                   task_names=bool(self.get_option('task_names')))
-        self._ci = _play.detect_ci(os.environ)
-        self._config_ok = True
 
     def _number_option(self, name):
         """A numeric option, or its default with one warning when it is out of the range OPTION_RANGES gives it."""
         value = self.get_option(name)
         problem = option_problem(name, value)
-        if problem is None:
-            return value
-        default = OPTION_RANGES[name][3]
-        self._warn_once('%s; the default %s is used' % (problem, '%g' % default))
-        return default
+        if problem is not None:
+            value = OPTION_RANGES[name][3]
+            self._warn_once('%s; the default %g is used' % (problem, value))
+        return value
 
     def _warn_once(self, message, key=None):
         """One warning per distinct problem and run. ``message`` must already be redacted."""
         key = message if key is None else key
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        self._display.warning(WARNING_PREFIX + message)
+        if key not in self._warned:
+            self._warned.add(key)
+            self._display.warning(WARNING_PREFIX + message)
 
     def _internal_error(self, where, exc):
         text = exc.message if isinstance(exc, FlashdutyError) else redact(_play_vars.error_text(exc))
@@ -374,46 +342,39 @@ class CallbackModule(CallbackBase):
 
     def _show_messages(self):
         """The sender's warnings (already redacted: it knows the keys), shown from the main thread."""
-        if self._sender is None:
-            return
-        for message in self._sender.drain_messages():
+        for message in self._sender.drain_messages() if self._sender is not None else ():
             self._display.warning(message if message.startswith('Flashduty') else WARNING_PREFIX + message)
-
-    # ---------------------------------------------------------------- playbook and plays
 
     @_guarded
     def v2_playbook_on_start(self, playbook):
         self._playbooks_started += 1
         path = getattr(playbook, '_file_name', None)
         if path == _ADHOC_PLAYBOOK:
-            self._playbook = None
             self._maker.module = context.CLIARGS.get('module_name') or 'command'
         elif path:
             self._playbook = _play.playbook_label(path)
-            if self._config_ok:
-                started = time.monotonic()
-                self._git_revision = _revision.git_revision(os.path.dirname(os.path.abspath(path)))
-                self._display.vvv('Flashduty change events: revision %s read in %.3f s'
-                                  % (self._git_revision or '(not a git work tree)', time.monotonic() - started))
+            started = time.monotonic()
+            self._git_revision = _revision.git_revision(os.path.dirname(os.path.abspath(path)))
+            self._display.vvv('Flashduty change events: revision %s read in %.3f s'
+                              % (self._git_revision or '(not a git work tree)', time.monotonic() - started))
 
     @_guarded
     def v2_playbook_on_play_start(self, play):
-        if not self._config_ok or self._end.finished:
+        if self._end.finished:
             return
         current = self._play
         if current is not None and current.uuid == play._uuid:
             # The next serial batch of the same play: still one change.
             current.batches.append(play)
-            current.log.start_batch(batch_hosts(play, current.targets))
+            current.log.start_batch(batch_hosts(play))
             return
         self._close_play()
         self._play_index += 1
-        check_mode = bool(getattr(play, 'check_mode', False))
-        state = self._play = PlayState(play, self._play_index, check_mode)
-        if check_mode and self._check_mode_policy != 'planned':
+        state = self._play = PlayState(play, self._play_index)
+        if state.check_mode and not self._planned:
             return
         self._open_changes(play, state)
-        state.log.start_batch(batch_hosts(play, state.targets))
+        state.log.start_batch(batch_hosts(play))
         self._show_messages()
 
     def _open_changes(self, play, state):
@@ -425,11 +386,12 @@ class CallbackModule(CallbackBase):
             return
         state.targets = [host.name for host in hosts]
         module = self._maker.module
-        state.name = 'ad-hoc %s' % module if module else '%s' % (play.get_name() or host_pattern(play.hosts),)
+        pattern = _play.host_pattern(play.hosts)
+        state.name = 'ad-hoc %s' % module if module else '%s' % (play.get_name() or pattern,)
         endpoints = {}
         classes = reader.classes(hosts)
         for members in classes:
-            resolved = self._maker.resolve(reader, members, state.name, self._decrypted)
+            resolved = self._maker.resolve(reader, members, state.name)
             if resolved is not None:
                 endpoints.setdefault(resolved[0], []).append((members, resolved[1]))
         self._display.vvv('Flashduty change events: play "%s": %d hosts, variables resolved for %d host set(s) in %.3f s'
@@ -438,13 +400,12 @@ class CallbackModule(CallbackBase):
             return
         self._end.install()
         cli = context.CLIARGS
-        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars) or {}
-        shared = dict(playbook=self._playbook, pattern=host_pattern(play.hosts), limit=cli.get('subset') or None,
-                      tags=list(cli.get('tags') or ()), check_mode=state.check_mode, ansible_version=ansible_version,
-                      run_id=self._run_id, revision=self._git_revision or _revision.ci_revision(ci.get('labels')), module=module)
-        state.context = dict(shared, user=self._user, controller=self._controller)
-        labelled = dict(shared, play=state.name, skip_tags=cli.get('skip_tags'), controller_user=self._user,
-                        controller_host=self._controller, ci_labels=ci.get('labels'))
+        ci = _play.detect_ci(os.environ) or _play.detect_ci(os.environ, reader.variable_manager.extra_vars) or {}
+        state.context = dict(play=state.name, playbook=self._playbook, pattern=pattern, limit=cli.get('subset') or None,
+                             tags=list(cli.get('tags') or ()), skip_tags=cli.get('skip_tags'), check_mode=state.check_mode,
+                             ansible_version=ansible_version, run_id=self._run_id, module=module, ci_labels=ci.get('labels'),
+                             revision=self._git_revision or _revision.ci_revision(ci.get('labels')),
+                             controller_user=self._user, controller_host=self._controller)
         # The collection's own playbooks report no change of their own (send_change_event sends its event as a task);
         # flush_spool also wants to hear what became of the spool. Either way the spool for the play's push URL is replayed.
         replay_only = boolean(play.vars.get('flashduty_replay_only', False), strict=False)
@@ -460,15 +421,13 @@ class CallbackModule(CallbackBase):
                 continue
             for warning in url_warnings(endpoint, self._client_options['validate_certs']):
                 self._warn_once(warning)
-            state.changes.extend(self._maker.changes(state.name, state.index, endpoint, parts, order, labelled, ci.get('link'), now))
+            state.changes.extend(self._maker.changes(state, endpoint, parts, order, ci.get('link'), now))
         if state.changes:
             self._outcomes = state.outcomes
 
-    # ---------------------------------------------------------------- task results (keep these tiny)
-    #
-    # They run once per host and task on the strategy's thread: each appends (host name, counters to add, task id,
-    # time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
-    # _fold_outcomes() folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
+    # Task results (keep these tiny): they run once per host and task. Each appends (host name, counters to add,
+    # task id, time) to the play's outcomes, or does nothing when the play is not reported (self._outcomes is None);
+    # the play's log folds them in once per task. Only failures, rare, do more: they keep the failing task and reason.
 
     def v2_runner_on_ok(self, result, **kwargs):
         outcomes = self._outcomes
@@ -489,41 +448,23 @@ class CallbackModule(CallbackBase):
             except Exception as exc:
                 self._internal_error('v2_runner_on_skipped', exc)
 
+    @_guarded
     def v2_runner_on_failed(self, result, ignore_errors=False, **kwargs):
         if self._outcomes is not None:
-            try:
-                self._play.add_failure(host_name(result), task_of(result), result, self._clock(), ignored=ignore_errors)
-            except Exception as exc:
-                self._internal_error('v2_runner_on_failed', exc)
+            self._play.add_failure(host_name(result), task_of(result), result, self._clock(), ignored=ignore_errors)
 
+    @_guarded
     def v2_runner_on_unreachable(self, result, **kwargs):
         if self._outcomes is not None:
-            try:
-                self._play.add_failure(host_name(result), task_of(result), result, self._clock(), unreachable=True)
-            except Exception as exc:
-                self._internal_error('v2_runner_on_unreachable', exc)
-
-    def _fold_outcomes(self):
-        """Fold the outcomes gathered since the last call into the play's log."""
-        state = self._play
-        if state is not None and state.outcomes:
-            state.log.add(state.outcomes)
-            del state.outcomes[:]
-
-    # No warning from here: it would come between the task's header and its results.
-    @_guarded
-    def v2_playbook_on_task_start(self, task, is_conditional):
-        self._task_starts(task)
+            self._play.add_failure(host_name(result), task_of(result), result, self._clock(), unreachable=True)
 
     @_guarded
-    def v2_playbook_on_handler_task_start(self, task):
-        self._task_starts(task)
-
-    def _task_starts(self, task):
-        self._fold_outcomes()
+    def v2_playbook_on_task_start(self, task, is_conditional=False):
+        # No warning from here: it would come between the task's header and its results.
         state = self._play
         if state is not None and state.changes:
-            state.log.name_task(getattr(task, '_uuid', None), task_label(task))
+            state.log.add(state.outcomes)
+            state.log.task_names[getattr(task, '_uuid', None)] = task_label(task)
             batch = state.log.first_task(time.time()) if runs_something(task) else None
             if batch is not None:
                 for endpoint, event in self._maker.start_events(state, batch, state.log.batch_started[-1]):
@@ -533,6 +474,8 @@ class CallbackModule(CallbackBase):
             self.v2_runner_on_ok = self._explicit_ok  # an instance attribute: Ansible looks the method up per call
         elif 'v2_runner_on_ok' in self.__dict__:
             del self.v2_runner_on_ok
+
+    v2_playbook_on_handler_task_start = v2_playbook_on_task_start
 
     def _explicit_ok(self, result, **kwargs):
         CallbackModule.v2_runner_on_ok(self, result, **kwargs)
@@ -546,29 +489,27 @@ class CallbackModule(CallbackBase):
         except Exception as exc:
             self._internal_error('reading a change_event result', exc)
 
-    # ---------------------------------------------------------------- the end of plays and of the run
-
     @_guarded
     def v2_playbook_on_stats(self, stats):
-        if not self._config_ok or self._end.finished:
+        if self._end.finished:
             return
-        # Ansible sends this after each playbook of the command line: a signal during its flush shortens the wait,
-        # and a Ctrl-C then still stops the run if more playbooks follow.
+        # Ansible sends this after each playbook of the command line: see _run_end for a signal during its flush.
         self._end.ending = True
         try:
             self._close_play()
             self._flush()
         finally:
-            self._end.ending = self._end.finished
-        self._end.stop_if_asked(more_playbooks=self._playbooks_started < len(context.CLIARGS.get('args') or ()))
+            self._end.ending = False
+        if self._end.stop_after_flush and self._playbooks_started < len(context.CLIARGS.get('args') or ()):
+            self._end.stop_after_flush = False
+            raise KeyboardInterrupt()
 
     def _close_play(self, interrupted=None):
         """Send the end of the current play: ``interrupted`` says why the run stopped before it ended."""
-        self._fold_outcomes()
-        state, self._play = self._play, None
-        self._outcomes = None
+        state, self._play, self._outcomes = self._play, None, None
         if state is None or not state.changes:
             return
+        state.log.add(state.outcomes)
         failed, unreachable = state.final_failures()
         if not interrupted:
             self._dead_hosts.update(failed | unreachable)
@@ -593,17 +534,12 @@ class CallbackModule(CallbackBase):
 
     def _finish(self, reason):
         """Close what is open as interrupted, deliver within the flush timeout, stop the threads."""
-        try:
-            if self._config_ok:
-                self._close_play(interrupted=reason)
-                self._flush()
+        try:  # only after a play was reported: the options were read
+            self._close_play(interrupted=reason)
+            self._flush()
         finally:
             if self._sender is not None:  # the threads stop even after an internal error above
                 self._sender.close()
-
-    def _cut(self):
-        if self._sender is not None:
-            self._sender.cut()
 
     def _get_sender(self):
         if self._sender is None:

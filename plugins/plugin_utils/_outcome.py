@@ -39,10 +39,6 @@ OUTCOME_FAILED = 'failed'
 OUTCOME_ABORTED = 'aborted'
 OUTCOME_INTERRUPTED = 'interrupted'
 
-# Kinds of problem, and keys of PlayLog.summary()'s host lists.
-FAILURE = 'failed'
-UNREACHABLE_HOST = 'unreachable'
-
 
 class PlayLog:
     """What one play did. The callback appends ``(host, increments, task id, time)`` per task result (the hot
@@ -53,7 +49,7 @@ class PlayLog:
     def __init__(self):
         self.counters = {}        # host -> a counter per COUNTERS
         self.changed = {}         # task id -> (task name, {host: None}), in the order tasks first changed a host
-        self.failures = {}        # host -> (kind, task name, reason or None, stops the batch)
+        self.failures = {}        # host -> (task name, reason or None, stops the batch)
         self.last_result = {}     # host -> time of its last task result
         self.batches = []         # host names of each serial batch, in order
         self.batch_started = []   # per batch: time its first task started, None until then
@@ -70,10 +66,8 @@ class PlayLog:
         self.batch_started[-1] = now
         return self.batches[-1]
 
-    def name_task(self, task_id, name):
-        self.task_names[task_id] = name
-
     def add(self, outcomes):
+        """Fold ``outcomes`` in, and empty it."""
         counters, last, changed = self.counters, self.last_result, self.changed
         for host, increments, task_id, when in outcomes:
             counts = counters.get(host)
@@ -87,9 +81,7 @@ class PlayLog:
                 if record is None:
                     record = changed[task_id] = (self.task_names.get(task_id) or 'a task', {})
                 record[1][host] = None
-
-    def add_failure(self, host, kind, task_name, reason, stops_batch):
-        self.failures[host] = (kind, task_name, reason, stops_batch)
+        del outcomes[:]
 
     def verdict(self, targets, failed, unreachable, max_fail_percentage=None):
         """``(not_run, stopped, aborted)``: hosts that never ran, hosts stopped by another host's failure, and
@@ -99,7 +91,7 @@ class PlayLog:
         not_run = set(host for host in targets if host not in ran)
         bad = failed | unreachable
         last_batch = started[-1] if started else frozenset()
-        stopping = any(self.failures.get(host, (None, None, None, False))[3] for host in bad & last_batch)
+        stopping = any(self.failures.get(host, (None, None, False))[2] for host in bad & last_batch)
         if not stopping and max_fail_percentage is not None and last_batch:
             stopping = len(bad & last_batch) / len(last_batch) > max_fail_percentage / 100.0
         stopped = set(last_batch - bad) if stopping else set()
@@ -130,23 +122,23 @@ class PlayLog:
         # In the play's order of hosts, not the order results came.
         tasks = [(name, [host for host in hosts if host in task_hosts]) for name, task_hosts in self.changed.values()]
         summary = dict(outcome=outcome, totals=dict(zip(COUNTERS, totals)), tasks=[task for task in tasks if task[1]],
-                       problems=dict((kind, self._problems(lists[kind])) for kind in (FAILURE, UNREACHABLE_HOST)))
+                       problems=dict((kind, self._problems(lists[kind])) for kind in ('failed', 'unreachable')))
         summary.update(lists)
         return summary
 
     def _problems(self, hosts):
         groups = {}
         for host in hosts:
-            dummy, name, reason, dummy2 = self.failures.get(host, (None, None, None, False))
+            name, reason, dummy = self.failures.get(host, (None, None, False))
             groups.setdefault((name, reason), []).append(host)
         return [(name or 'an unknown task', reason, members) for (name, reason), members in groups.items()]
 
 
 def outcome_labels(summary):
     """The labels a play's end adds, from PlayLog.summary(), as ``(name, value)`` pairs."""
-    values = dict((kind + '_count', len(summary[kind])) for kind in ('ok', 'changed', FAILURE, UNREACHABLE_HOST))
+    values = dict((kind + '_count', len(summary[kind])) for kind in ('ok', 'changed', 'failed', 'unreachable'))
     values['outcome'] = summary['outcome']
-    for kind in (FAILURE, UNREACHABLE_HOST, 'not_run', 'stopped'):
+    for kind in ('failed', 'unreachable', 'not_run', 'stopped'):
         if summary[kind]:
             values.update({kind + '_count': len(summary[kind]), kind + '_hosts': _play.summarize_names(summary[kind])})
     return _play.label_pairs(values)
@@ -178,6 +170,6 @@ def end_description(play, hosts, summary, context_line, interrupted=None, check_
 
     totals = summary['totals']
     tail = ['Tasks: ' + ' '.join('%s=%d' % (name, totals[name]) for name in COUNTERS), context_line]
-    return _story.compose(head, [problems('Failed', FAILURE), problems('Unreachable', UNREACHABLE_HOST),
+    return _story.compose(head, [problems('Failed', 'failed'), problems('Unreachable', 'unreachable'),
                                  hosts_line('Stopped when the play was aborted', 'stopped'), hosts_line('Never ran', 'not_run'),
                                  lambda room: [_story.changed_line(summary['tasks'], room, verb=verb, names=task_names)]], tail)

@@ -72,10 +72,7 @@ def summarize_names(names, limit=MAX_LABEL_VALUE_LENGTH, separator=','):
 
 def playbook_label(path):
     """A playbook's path as a label: relative to the working directory when below it, else its file name."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:
-        relative = path
+    relative = os.path.relpath(path)
     return relative if not relative.startswith('..') else os.path.basename(path)
 
 
@@ -96,8 +93,7 @@ def visible_groups(group_names):
 def parse_status_map(value):
     """The ``status_map`` option (a dict, or ``phase=Status`` pairs such as ``failed=Canceled,started=Ready``)
     over DEFAULT_STATUS_MAP. Returns ``(mapping, warnings)``."""
-    mapping = dict(DEFAULT_STATUS_MAP)
-    warnings = []
+    mapping, warnings = dict(DEFAULT_STATUS_MAP), []
     if value is None or value == '':
         return mapping, warnings
     if isinstance(value, Mapping):
@@ -196,14 +192,18 @@ def automatic_labels(hosts, groups, play, playbook=None, pattern=None, limit=Non
     ``groups`` come from visible_groups(); ``host`` is set in per-host mode, ``module`` for ad-hoc runs."""
     tags = [tag for tag in (tags or ()) if tag]
     skip_tags = [tag for tag in (skip_tags or ()) if tag]
-    if isinstance(pattern, (list, tuple)):
-        pattern = ','.join('%s' % (item,) for item in pattern)
     values = dict(host=host, play=play, hosts=summarize_names(hosts), groups=summarize_names(groups), host_count=len(hosts),
-                  playbook=playbook, revision=revision, host_pattern=pattern, module=module, limit=limit,
+                  playbook=playbook, revision=revision, host_pattern=host_pattern(pattern), module=module, limit=limit,
                   tags=','.join(tags) if tags != ['all'] else None, skip_tags=','.join(skip_tags), check_mode=bool(check_mode),
                   run_id=run_id, controller_user=controller_user, controller_host=controller_host, ansible_version=ansible_version)
     values.update(ci_labels or {})
     return label_pairs(values)
+
+
+def host_pattern(hosts):
+    if isinstance(hosts, (list, tuple)):
+        return ','.join('%s' % (item,) for item in hosts)
+    return '%s' % (hosts,) if hosts is not None else None
 
 
 def label_pairs(values):
@@ -252,13 +252,14 @@ def change_title(play, hosts, host=None, module=None):
     return truncate('%s on %s' % (head, host if host is not None else hosts_phrase(hosts)), TITLE_MAX_LENGTH)
 
 
-def context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode=False, user=None, controller=None,
-                 ansible_version=None, run_id=None, revision=None, module=None):
-    """The last line of every description: what ran, where, by whom, at which revision."""
+def context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode=False, controller_user=None, controller_host=None,
+                 ansible_version=None, run_id=None, revision=None, module=None, **_labels_only):
+    """The last line of every description: what ran, where, by whom, at which revision (from automatic_labels()'
+    keyword arguments, hosts and groups aside)."""
     tags = ','.join(tag for tag in (tags or ()) if tag and tag != 'all')
     parts = [text % value for text, value in (('hosts: %s', pattern), ('limit: %s', limit), ('tags: %s', tags)) if value]
     parts += (['check mode'] if check_mode else []) + (['revision %s' % revision] if revision else [])
-    who = ['by %s' % '@'.join(part for part in (user, controller) if part)] if user or controller else []
+    who = ['by %s' % '@'.join(part for part in (controller_user, controller_host) if part)] if controller_user or controller_host else []
     who += [text % value for text, value in (('with ansible-core %s', ansible_version), ('run %s', run_id)) if value]
     line = 'Playbook %s' % playbook if playbook else 'Ad-hoc run' + (' of %s' % module if module else '')
     if parts:
@@ -272,13 +273,3 @@ def start_description(play, hosts, context, what='play'):
                                                                  summarize_names(hosts, LIST_IN_DESCRIPTION, ', '), context_line(**context)),
                     MAX_DESCRIPTION_LENGTH)
 
-
-def default_change_key(run_id, play_index, host=None):
-    """``<run id>-<play index>``, with ``-<host>`` in per-host mode."""
-    key = '%s-%d' % (run_id, play_index)
-    return key if host is None else host_change_key(key, host)
-
-
-def host_change_key(key, host):
-    """A user's change key made per host (per-host mode)."""
-    return '%s-%s' % (key, host)

@@ -3,15 +3,10 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""The changes a play makes, for the change_events callback: which hosts report where, under which key and
-labels, and the events that start and end them.
+"""The changes a play makes, for the change_events callback: which hosts report where (the Endpoint a set of
+hosts resolves to), under which key, title, link and labels, and the events that start and end them.
 
 Private to this collection: not a public API, may change without notice.
-
-The callback reads a play's variables for each set of hosts that resolve alike
-(``_play_vars.PlayReader``); ChangeMaker turns them into the Endpoint those
-hosts report to, then into one Change per endpoint, or one per host in
-per-host mode, each with its key, title, link and labels, and makes their events.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,14 +20,7 @@ from ansible.executor.task_result import TaskResult
 from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
-    ENDPOINT_VARIABLES,
-    FlashdutyError,
-    build_event,
-    endpoint_settings,
-    redact,
-    resolve_endpoint,
-    truncate,
-)
+    ENDPOINT_VARIABLES, FlashdutyError, build_event, endpoint_settings, resolve_endpoint, truncate)
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils import _outcome, _play, _story
 
 _ENDPOINT_NAMES = frozenset(ENDPOINT_VARIABLES)
@@ -52,40 +40,25 @@ _META_ACTIONS = frozenset(('meta', 'ansible.builtin.meta', 'ansible.legacy.meta'
 
 
 class PlayState:
-    """What the callback tracks about the current play."""
+    """What the callback tracks about the current play. ``outcomes``: ``(host name, counter indexes to add, task id,
+    time)`` per task result, until folded into ``log``; ``secrets``: the integration keys of the play's push URLs,
+    masked in what is taken from results; ``context``: automatic_labels()' keyword arguments, and context_line()'s."""
 
     __slots__ = ('uuid', 'index', 'name', 'check_mode', 'changes', 'outcomes', 'log', 'failed', 'unreachable', 'batches',
                  'context', 'targets', 'secrets', 'replay_only')
 
-    def __init__(self, play, index, check_mode):
-        self.uuid = play._uuid
-        self.index = index
-        self.name = None
-        self.check_mode = check_mode
-        self.changes = []
-        self.outcomes = []     # (host name, counter indexes to add, task id, time) per task result, until folded into log
+    def __init__(self, play, index):
+        self.uuid, self.index, self.check_mode, self.batches = play._uuid, index, bool(play.check_mode), [play]
+        self.name = self.context = None
+        self.changes, self.outcomes, self.targets, self.secrets = [], [], [], ()
+        self.failed, self.unreachable = set(), set()
         self.log = _outcome.PlayLog()
-        self.failed = set()
-        self.unreachable = set()
-        self.batches = [play]
-        self.context = None
-        self.targets = []
-        self.secrets = ()      # the integration keys of the play's push URLs, masked in what is taken from results
         self.replay_only = False
 
     def final_failures(self):
-        """Hosts that failed (errors not ignored, not rescued) and hosts unreachable in the play.
-
-        A failure later rescued by a block is taken back from the play's removed hosts by
-        the strategy; when that list is available it settles which failures stood.
-        """
-        removed = set()
-        for play in self.batches:
-            hosts = getattr(play, '_removed_hosts', None)
-            if not isinstance(hosts, list):
-                return set(self.failed), set(self.unreachable)
-            removed.update(hosts)
-        return set(host for host in self.failed if host in removed), set(self.unreachable)
+        """Hosts that failed (errors not ignored, not rescued: the strategy takes a rescued failure back out of the
+        play's removed hosts) and hosts unreachable in the play."""
+        return self.failed & set().union(*(play._removed_hosts for play in self.batches)), set(self.unreachable)
 
     def add_failure(self, host, task, result, when, ignored=False, unreachable=False):
         """A failed (or ``unreachable``) task result: counted, and unless ``ignored`` or rescued, kept with the failing
@@ -97,78 +70,49 @@ class PlayState:
             self.outcomes.append((host, _outcome.RESULT_IGNORED_CHANGED if changed else _outcome.RESULT_IGNORED, task._uuid, when))
             return
         # The strategy has already taken a failure a block rescues out of the play's removed hosts.
-        removed = getattr(self.batches[-1], '_removed_hosts', None)
-        if not unreachable and isinstance(removed, list) and host not in removed:
+        if not unreachable and host not in self.batches[-1]._removed_hosts:
             self.outcomes.append((host, _outcome.RESULT_RESCUED, task._uuid, when))
             return
         self.outcomes.append((host, _outcome.RESULT_UNREACHABLE if unreachable else _outcome.RESULT_FAILED, task._uuid, when))
         (self.unreachable if unreachable else self.failed).add(host)
-        data = result_data(result)
-        no_log = bool(getattr(task, 'no_log', False))
-        reason = _story.reason_of(data, no_log, self.secrets, redact)
-        if reason is None and isinstance(data, dict) and (no_log or 'censored' in data):
-            reason = _story.HIDDEN_REASON
+        reason = _story.reason_of(result_data(result), getattr(task, 'no_log', False), self.secrets)
         # linear stops every host of the batch after such a failure (any_errors_fatal, or run_once alike).
         stops = bool(getattr(task, 'any_errors_fatal', False) or getattr(task, 'run_once', False))
-        self.log.add_failure(host, _outcome.UNREACHABLE_HOST if unreachable else _outcome.FAILURE, task_label(task), reason, stops)
+        self.log.failures[host] = (task_label(task), reason, stops)
 
 
 class Change:
-    """One change of a play: one Endpoint, and one host in per-host mode.
-
-    ``labels`` are the automatic labels as ``(name, value)`` pairs, most important
-    first; ``user_labels`` those of flashduty_labels and label_vars (``masked`` names
-    those where the integration key was masked); ``held`` the start event kept back
-    in changed-only mode.
-    """
+    """One change of a play: one Endpoint, and one ``host`` in per-host mode. ``labels`` are the automatic labels
+    as ``(name, value)`` pairs, most important first; ``user_labels`` those of flashduty_labels and label_vars
+    (``masked`` names those where the integration key was masked); ``held`` the start event kept back in
+    changed-only mode."""
 
     __slots__ = ('endpoint', 'key', 'title', 'link', 'hosts', 'labels', 'user_labels', 'masked', 'start_time', 'held', 'host',
                  'started')
 
     def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, host=None, masked=()):
-        self.endpoint = endpoint
-        self.key = key
-        self.title = title
-        self.link = link
-        self.hosts = hosts
-        self.labels = labels
-        self.user_labels = user_labels
-        self.masked = masked
-        self.start_time = start_time
+        self.endpoint, self.key, self.title, self.link, self.hosts, self.host = endpoint, key, title, link, hosts, host
+        self.labels, self.user_labels, self.masked, self.start_time = labels, user_labels, masked, start_time
         self.held = None
-        self.host = host          # per-host mode: the host of this change
         self.started = False      # its start event was sent (or held): a task of its hosts started
 
 
 class ChangeMaker:
-    """Makes the changes of each play of a run, and their events.
-
-    ``warn(message, key=None)`` shows a warning once per key, ``note(message)`` a line at -vvv;
-    ``option_endpoint`` holds the callback's push_url, integration_key and api_url options, used when
-    the play's variables name no endpoint; ``run_id`` makes the default change keys; ``module`` is the
-    module of an ad-hoc run, which titles and descriptions name; ``explicit`` maps the change keys a
-    change_event task reported in this run to the last status it sent: the callback sends nothing more under them.
-    """
+    """Makes the changes of each play of a run, and their events. ``warn(message, key=None)`` shows a warning once
+    per key, ``note(message)`` a line at -vvv; ``option_endpoint`` holds the callback's push_url, integration_key
+    and api_url options, used when the play's variables name no endpoint; ``module`` is the module of an ad-hoc
+    run; ``explicit`` maps the change keys a change_event task reported in this run to the last status it sent:
+    the callback sends nothing more under them; ``decrypted`` caches vaulted values (see PlayReader.variables)."""
 
     def __init__(self, warn, note, option_endpoint, label_vars, per_host, run_id, status_map, changed_only=False, task_names=True):
-        self._warn = warn
-        self._note = note
-        self._option_endpoint = option_endpoint
-        self._label_vars = label_vars
-        self._per_host = per_host
-        self._run_id = run_id
-        self._status_map = status_map
-        self._changed_only = changed_only
-        self._task_names = task_names
+        self._warn, self._note, self._option_endpoint, self._label_vars = warn, note, option_endpoint, label_vars
+        self._per_host, self._run_id, self._status_map, self._changed_only, self._task_names = per_host, run_id, status_map, changed_only, task_names
         self.module = None
-        self.explicit = {}
+        self.explicit, self.decrypted = {}, {}
 
-    def resolve(self, reader, members, play_name, decrypted):
-        """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported.
-
-        ``decrypted`` is the run's cache of decrypted vaulted values (see PlayReader.variables).
-        """
-        values, problems = reader.variables(members[0], decrypted)
+    def resolve(self, reader, members, play_name):
+        """``(Endpoint, variables)`` for a set of hosts that resolve alike, or None when they are not reported."""
+        values, problems = reader.variables(members[0], self.decrypted)
         if 'flashduty_enabled' in values:
             try:
                 if not boolean(values['flashduty_enabled'], strict=True):
@@ -176,16 +120,12 @@ class ChangeMaker:
             except TypeError:
                 self._warn('flashduty_enabled should be a boolean, got %r; taken as true' % (values['flashduty_enabled'],),
                            key=('enabled', '%r' % (values['flashduty_enabled'],)))
-        broken = set()
         for problem in problems:
-            broken.add(problem.name)
-            hint = ''
-            if problem.name in _ENDPOINT_NAMES:
-                hint = ('; plays using it are not reported. If it is vaulted, give ansible-playbook the vault password '
-                        '(--vault-id, --vault-password-file or --ask-vault-pass)')
+            hint = ('; plays using it are not reported. If it is vaulted, give ansible-playbook the vault password '
+                    '(--vault-id, --vault-password-file or --ask-vault-pass)') if problem.name in _ENDPOINT_NAMES else ''
             self._warn('the variable %s could not be decrypted or templated: %s%s' % (problem.name, problem.message, hint),
                        key=('variable', problem.name))
-        if broken & _ENDPOINT_NAMES:
+        if any(problem.name in _ENDPOINT_NAMES for problem in problems):
             return None
         source = endpoint_settings(values, 'variable')
         try:
@@ -201,11 +141,8 @@ class ChangeMaker:
             return None
         return endpoint, values
 
-    def changes(self, play_name, play_index, endpoint, parts, order, common, ci_link, now):
-        """The changes of ``endpoint``, whose ``parts`` are ``(hosts, variables)`` pairs, hosts in ``order``.
-
-        ``common`` holds automatic_labels()' keyword arguments shared by every change of the play.
-        """
+    def changes(self, state, endpoint, parts, order, ci_link, now):
+        """The changes of ``endpoint`` in the play of ``state``, whose ``parts`` are ``(hosts, variables)`` pairs, hosts in ``order``."""
         if self._per_host:  # each host has the labels and settings of its own set of hosts, not those of the others
             units = [([host], self._settings([part], endpoint)) for part in parts for host in part[0]]
         else:
@@ -216,52 +153,43 @@ class ChangeMaker:
             names = [host.name for host in hosts]
             host = names[0] if self._per_host else None
             groups = _play.visible_groups(group.name for member in hosts for group in member.get_groups())
-            key = settings.get('flashduty_change_key')
-            key = _play.host_change_key(key, host) if key and host else key or _play.default_change_key(self._run_id, play_index, host)
-            title = settings.get('flashduty_change_title') or _play.change_title(play_name, names, host=host, module=self.module)
-            labels = _play.automatic_labels(names, groups, host=host, **common)
+            key = settings.get('flashduty_change_key') or '%s-%d' % (self._run_id, state.index)
+            key = '%s-%s' % (key, host) if host else key
+            title = settings.get('flashduty_change_title') or _play.change_title(state.name, names, host=host, module=self.module)
+            labels = _play.automatic_labels(names, groups, host=host, **state.context)
             changes.append(Change(endpoint, key, title, settings.get('flashduty_change_link') or ci_link, names, labels,
                                   dict(user_labels), now, host=host, masked=masked))
         changes.sort(key=lambda change: order[change.hosts[0]])
         return changes
 
     def _settings(self, parts, endpoint):
-        """The user labels of a change's sets of hosts (merged), its first key, title and link settings, and where
-        the integration key was masked in the labels."""
-        user_sets = []
-        settings = {}
-        masked = []
+        """The user labels of a change's sets of hosts (flashduty_labels and label_vars, merged), its first key,
+        title and link settings, and where the integration key was masked in the labels."""
+        user_sets, settings, masked = [], {}, []
         for _members, values in parts:
-            labels, where = self._user_labels(values, endpoint.secrets)
+            labels, problems, where = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels', endpoint.secrets)
+            extra = dict((name, values[name]) for name in self._label_vars if name in values)
+            more, more_problems, more_where = _play.clean_user_labels(extra, 'label_vars', endpoint.secrets)
+            for name, value in more.items():
+                labels.setdefault(name, value)
+            for problem in problems + more_problems:
+                self._warn(problem)
             user_sets.append(labels)
-            masked.extend(field for field in where if field not in masked)
+            masked.extend(field for field in where + more_where if field not in masked)
             for name in _CHANGE_SETTINGS:
                 value = values.get(name)
                 if name not in settings and value not in (None, ''):
                     settings[name] = '%s' % (value,)
         return _play.merge_user_labels(user_sets), settings, masked
 
-    def _user_labels(self, values, secrets):
-        """The labels of flashduty_labels and label_vars, and where the integration key was masked in them."""
-        labels, problems, masked = _play.clean_user_labels(values.get('flashduty_labels'), 'flashduty_labels', secrets)
-        extra = dict((name, values[name]) for name in self._label_vars if name in values)
-        more, more_problems, more_masked = _play.clean_user_labels(extra, 'label_vars', secrets)
-        for name, value in more.items():
-            labels.setdefault(name, value)
-        for problem in problems + more_problems:
-            self._warn(problem)
-        return labels, masked + more_masked
-
     def _subject(self, state):
         """What descriptions name, and what it is: the play, or the module of an ad-hoc run."""
         return (self.module, 'ad-hoc run of') if self.module else (state.name, 'play')
 
     def start_events(self, state, batch, now):
-        """``(endpoint, event)`` pairs starting the changes of the hosts in ``batch``, whose first task starts.
-
-        In per-play mode a change starts when the play did; in per-host mode when the host's batch starts its
-        first task. In changed-only mode the start event is held back, to be sent with the end event.
-        """
+        """``(endpoint, event)`` pairs starting the changes of the hosts in ``batch``, whose first task starts: in
+        per-play mode a change starts when the play did, in per-host mode when its host's batch starts its first task.
+        In changed-only mode the start event is held back, to be sent with the end event."""
         events = []
         for change in state.changes:
             if change.key in self.explicit or change.started or (change.host is not None and change.host not in batch):
@@ -274,7 +202,7 @@ class ChangeMaker:
             subject, what = self._subject(state)
             event = self._event(change, self._status_map['started'], _play.start_description(subject, change.hosts, state.context, what=what),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
-            if event is not None and self._changed_only:
+            if self._changed_only:
                 change.held = event
             elif event is not None:
                 events.append((change.endpoint, event))
@@ -282,9 +210,8 @@ class ChangeMaker:
 
     def end_events(self, state, failed, unreachable, interrupted, now):
         """``(endpoint, event)`` pairs ending the play's started changes; ``interrupted`` says why the run stopped first."""
-        not_run, stopped, aborted = set(), set(), False
-        if not interrupted:
-            not_run, stopped, aborted = state.log.verdict(state.targets, failed, unreachable, _max_fail_percentage(state.batches[0]))
+        not_run, stopped, aborted = (set(), set(), False) if interrupted else state.log.verdict(
+            state.targets, failed, unreachable, state.batches[0].max_fail_percentage)
         context_line = _play.context_line(**state.context)
         subject, what = self._subject(state)
         events = []
@@ -311,12 +238,8 @@ class ChangeMaker:
             end = now if change.host is None or interrupted else state.log.last_result.get(change.host, now)
             event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
                                 max(end, change.start_time))
-            if event is None:
-                continue
-            if change.held is not None:
-                events.append((change.endpoint, change.held))
-                change.held = None
-            events.append((change.endpoint, event))
+            if event is not None:  # the held start event first
+                events.extend((change.endpoint, item) for item in (change.held, event) if item is not None)
         return events
 
     def _labels(self, automatic, user, final):
@@ -349,9 +272,7 @@ class ChangeMaker:
 def runs_something(task):
     """Whether a task starting makes the play a change: not a meta task, nor the implicit fact gathering alone."""
     action = getattr(task, 'action', None)
-    if action in _META_ACTIONS:
-        return False
-    return not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
+    return action not in _META_ACTIONS and not (getattr(task, 'implicit', False) and action in _FACT_ACTIONS)
 
 
 def task_label(task):
@@ -362,24 +283,6 @@ def task_label(task):
     return ('%s' % (name or 'unnamed task',)).strip()
 
 
-def batch_hosts(play, targets):
+def batch_hosts(play):
     """The hosts of the serial batch a play start announces: the inventory is restricted to them while it runs."""
-    try:
-        inventory = play.get_variable_manager()._inventory
-        return [host.name for host in inventory.get_hosts(play.hosts, order=getattr(play, 'order', None))]
-    except Exception:  # no inventory to ask (a test double): the batch is every target
-        return list(targets)
-
-
-def host_pattern(hosts):
-    if isinstance(hosts, (list, tuple)):
-        return ','.join('%s' % (item,) for item in hosts)
-    return '%s' % (hosts,) if hosts is not None else None
-
-
-def _max_fail_percentage(play):
-    value = getattr(play, 'max_fail_percentage', None)
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+    return [host.name for host in play.get_variable_manager()._inventory.get_hosts(play.hosts, order=play.order)]

@@ -16,6 +16,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+from collections import namedtuple
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleError
@@ -30,14 +31,8 @@ PLAY_VARIABLES = ENDPOINT_VARIABLES + ('flashduty_enabled', 'flashduty_labels', 
                                        'flashduty_change_link')
 # Vaulted strings: ansible-core 2.16 to 2.18, and 2.19 on.
 VAULTED_TYPES = frozenset(('AnsibleVaultEncryptedUnicode', 'EncryptedString'))
-
-
-class VariableProblem(Exception):
-    """A play variable that could not be templated or decrypted (the message is redacted, safe to show)."""
-
-    def __init__(self, name, message):
-        super(VariableProblem, self).__init__(message)
-        self.name, self.message = name, message
+# A play variable that could not be templated or decrypted (the message is redacted, safe to show).
+VariableProblem = namedtuple('VariableProblem', 'name message')
 
 
 class PlayReader:
@@ -116,29 +111,23 @@ class PlayReader:
         return result, problems
 
 
-def first_line(exc):
-    """The first non-blank line of an exception's message (Ansible errors add the task's source after it)."""
-    return _story.first_line(exc, None) or type(exc).__name__
-
-
 def error_text(exc):
-    """An error in one line: an Ansible error's own, any other's with its type."""
-    return first_line(exc) if isinstance(exc, AnsibleError) else '%s: %s' % (type(exc).__name__, first_line(exc))
+    """An error in one line, the first of its message (Ansible errors add the task's source after it): an Ansible
+    error's own, any other's with its type."""
+    line = _story.first_line(exc, None) or type(exc).__name__
+    return line if isinstance(exc, AnsibleError) else '%s: %s' % (type(exc).__name__, line)
 
 
 def plain(value):
     """A templated Ansible value as plain Python data: unsafe and tagged ``str``, ``dict`` and ``list`` become the
     plain types. Vaulted strings decrypt here, raising AnsibleError without the right vault password."""
-    if value is None or isinstance(value, bool):
-        return value
+    if value is None:
+        return None
     if isinstance(value, Mapping):
         return dict((plain(key), plain(item)) for key, item in value.items())
     if isinstance(value, (list, tuple, set, frozenset)):
         return [plain(item) for item in value]
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, bytes):
-        return bytes(value)
+    for kind in (bool, int, float, bytes):  # bool first: it is an int
+        if isinstance(value, kind):
+            return kind(value)
     return '%s' % (value,)

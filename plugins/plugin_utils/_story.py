@@ -14,7 +14,7 @@ __metaclass__ = type
 
 import re
 
-from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH, truncate
+from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH, redact, truncate
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import fit, plural
 
 REASON_LENGTH = 200
@@ -118,16 +118,17 @@ def problem_lines(title, problems, limit, names=True):
     return lines + (['%s: +%s' % (title, plural(left, 'more host'))] if left else [])
 
 
-def reason_of(result, no_log, secrets=(), redact=None):
-    """A short reason from a failed or unreachable task result, keys masked by ``redact(text, secrets)``;
-    None for ``no_log`` tasks and censored results."""
-    if no_log or not isinstance(result, dict) or 'censored' in result:
+def reason_of(result, no_log, secrets=()):
+    """A short reason from a failed or unreachable task result, ``secrets`` masked; HIDDEN_REASON for ``no_log``
+    tasks and censored results."""
+    if not isinstance(result, dict):
         return None
+    if no_log or 'censored' in result:
+        return HIDDEN_REASON
     for field in ('msg', 'reason', 'stderr', 'module_stderr', 'exception'):
         value = result.get(field)
         if isinstance(value, str) and value.strip():
-            text = first_line(value)
-            return redact(text, secrets) if redact is not None else text
+            return redact(first_line(value), secrets)
     return None
 
 

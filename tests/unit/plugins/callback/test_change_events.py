@@ -86,7 +86,7 @@ class FakeInventory:
         self.batch = batch
 
     def get_hosts(self, pattern, order=None):
-        return self.batch
+        return FakeReader.hosts if self.batch is None else self.batch
 
 
 class FakePlay:
@@ -96,6 +96,7 @@ class FakePlay:
         self.hosts = [hosts]
         self._uuid = uuid
         self.check_mode = check_mode
+        self.order, self.max_fail_percentage = None, None
         self._removed_hosts = []
         self.vars = {}
 
@@ -104,8 +105,7 @@ class FakePlay:
 
     def get_variable_manager(self):
         manager = FakeVariableManager()
-        if self.batch is not None:
-            manager._inventory = FakeInventory(self.batch)
+        manager._inventory = FakeInventory(self.batch)
         return manager
 
 
@@ -186,7 +186,6 @@ def make(**options):
     values = dict(OPTIONS, **options)
     callback.get_option = values.__getitem__
     callback._read_options()
-    callback._ci = None
     sender = FakeSender()
 
     def get_sender():

@@ -3,13 +3,11 @@
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import MAX_DESCRIPTION_LENGTH
 from ansible_collections.flashcat.flashduty.plugins.plugin_utils._outcome import (
-    FAILURE,
     RESULT_CHANGED,
     RESULT_FAILED,
     RESULT_IGNORED_CHANGED,
     RESULT_OK,
     RESULT_SKIPPED,
-    UNREACHABLE_HOST,
     PlayLog,
     end_description,
     outcome_labels,
@@ -25,7 +23,7 @@ def log_of(batches, results):
         log.first_task(float(number))
     for _host, _increments, task_id, _time in results:
         if task_id is not None:
-            log.name_task(task_id, "Task " + task_id)
+            log.task_names[task_id] = "Task " + task_id
     log.add(results)
     return log
 
@@ -47,12 +45,12 @@ def test_a_serial_batch_that_never_started_never_ran_and_the_play_was_aborted():
     log.start_batch(["a"])
     assert log.first_task(10.0) == frozenset(["a"]) and log.first_task(11.0) is None
     log.add([("a", RESULT_FAILED, "1", 12.0)])
-    log.add_failure("a", FAILURE, "Task 1", "boom", False)
+    log.failures["a"] = ("Task 1", "boom", False)
     not_run, stopped, aborted = log.verdict(["a", "b", "c", "d"], {"a"}, set())
     assert (not_run, stopped, aborted) == ({"b", "c", "d"}, set(), True)
     summary = log.summary(["a", "b", "c", "d"], {"a"}, set(), not_run, stopped, aborted)
     assert summary["outcome"] == "aborted" and summary["ok"] == [] and summary["not_run"] == ["b", "c", "d"]
-    assert summary["problems"][FAILURE] == [("Task 1", "boom", ["a"])]
+    assert summary["problems"]["failed"] == [("Task 1", "boom", ["a"])]
     labels = dict(outcome_labels(summary))
     assert labels["not_run_count"] == "3" and labels["not_run_hosts"] == "b,c,d" and labels["outcome"] == "aborted"
     assert "stopped_count" not in labels
@@ -62,7 +60,7 @@ def test_a_serial_batch_that_never_started_never_ran_and_the_play_was_aborted():
 def test_a_fatal_failure_stops_the_rest_of_its_batch():
     log = log_of([["a", "b", "c"]], [("a", RESULT_OK, "1", 1.0), ("b", RESULT_OK, "1", 1.0), ("c", RESULT_OK, "1", 1.0),
                                      ("a", RESULT_FAILED, "2", 2.0)])
-    log.add_failure("a", FAILURE, "Task 2", "boom", True)
+    log.failures["a"] = ("Task 2", "boom", True)
     not_run, stopped, aborted = log.verdict(["a", "b", "c"], {"a"}, set())
     assert (not_run, stopped, aborted) == (set(), {"b", "c"}, True)
     summary = log.summary(["a", "b", "c"], {"a"}, set(), not_run, stopped, aborted)
@@ -71,7 +69,7 @@ def test_a_fatal_failure_stops_the_rest_of_its_batch():
     assert log.summary(["b"], {"a"}, set(), not_run, stopped, aborted)["outcome"] == "aborted"
     assert log.summary(["a"], {"a"}, set(), not_run, stopped, aborted)["outcome"] == "failed"
     # Without any_errors_fatal the others carry on: partially failed.
-    log.add_failure("a", FAILURE, "Task 2", "boom", False)
+    log.failures["a"] = ("Task 2", "boom", False)
     assert log.verdict(["a", "b", "c"], {"a"}, set()) == (set(), set(), False)
     # max_fail_percentage: 1 of 3 is over 30 %, not over 50 %.
     assert log.verdict(["a", "b", "c"], {"a"}, set(), max_fail_percentage=30)[2] is True
@@ -88,8 +86,8 @@ def test_hosts_that_never_ran_without_failures_do_not_make_an_abort():
 def test_end_description_says_what_changed_and_what_failed_and_why():
     log = log_of([["web1", "web2", "db1"]], [("web1", RESULT_CHANGED, "Render", 1.0), ("web2", RESULT_CHANGED, "Render", 1.0),
                                              ("db1", RESULT_FAILED, "Migrate", 2.0)])
-    log.add_failure("db1", FAILURE, "Apply schema migrations", 'relation "users" already exists', False)
-    log.add_failure("dark1", UNREACHABLE_HOST, "Reach", "Failed to connect", False)
+    log.failures["db1"] = ("Apply schema migrations", 'relation "users" already exists', False)
+    log.failures["dark1"] = ("Reach", "Failed to connect", False)
     summary = log.summary(["web1", "web2", "db1", "dark1"], {"db1"}, {"dark1"}, set(), set(), False)
     text = end_description("Deploy", ["web1", "web2", "db1", "dark1"], summary, CONTEXT)
     assert text.splitlines() == [
@@ -109,7 +107,7 @@ def test_end_description_of_a_huge_play_keeps_the_outcome_totals_and_context():
     results = [(host, RESULT_CHANGED, "task%d" % task, 1.0) for task in range(40) for host in hosts[task:]]
     log = log_of([hosts], results)
     for host in hosts[:700]:
-        log.add_failure(host, FAILURE, "Task x", "reason of %s" % host, False)
+        log.failures[host] = ("Task x", "reason of %s" % host, False)
     summary = log.summary(hosts, set(hosts[:700]), set(hosts[700:900]), set(), set(), False)
     text = end_description("Deploy", hosts, summary, CONTEXT)
     lines = text.splitlines()

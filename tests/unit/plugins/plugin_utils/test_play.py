@@ -11,7 +11,6 @@ from ansible_collections.flashcat.flashduty.plugins.plugin_utils._play import (
     cap_labels,
     change_title,
     clean_user_labels,
-    default_change_key,
     detect_ci,
     hosts_phrase,
     merge_user_labels,
@@ -208,7 +207,7 @@ def test_title():
 
 def test_descriptions_stay_within_flashduty_limit():
     hosts = ["node%04d.example.com" % index for index in range(2000)]
-    context = dict(playbook="site.yml", pattern="all", limit="node*", tags=["deploy"], check_mode=False, user="u", controller="c",
+    context = dict(playbook="site.yml", pattern="all", limit="node*", tags=["deploy"], check_mode=False, controller_user="u", controller_host="c",
                    ansible_version="2.21.5", run_id="r")
     text = start_description("Deploy", hosts, context)
     assert text.startswith('Ansible play "Deploy" started on 2000 hosts: node0000.example.com, ')
@@ -220,12 +219,6 @@ def test_context_line_names_the_revision_and_the_ad_hoc_module():
     line = _play.context_line(playbook="site.yml", revision="0123456789ab-dirty", run_id="r")
     assert line == "Playbook site.yml (revision 0123456789ab-dirty), run r."
     assert _play.context_line(module="ansible.builtin.ping", pattern="web") == "Ad-hoc run of ansible.builtin.ping (hosts: web)."
-
-
-def test_default_change_keys():
-    assert default_change_key("r", 3) == "r-3"
-    assert default_change_key("r", 3, "web1") == "r-3-web1"
-    assert _play.host_change_key("CHG-1", "web1") == "CHG-1-web1"
 
 
 def test_controller_identity():

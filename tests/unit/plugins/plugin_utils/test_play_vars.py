@@ -260,6 +260,6 @@ def test_hosts_of_different_groups_resolve_apart(load):
 
 # ---------------------------------------------------------------- helpers
 
-def test_first_line_skips_blank_lines_and_names_an_empty_error():
-    assert _play_vars.first_line(ValueError("\n  bad value  \nat line 3")) == "bad value"
-    assert _play_vars.first_line(KeyError()) == "KeyError"
+def test_error_text_is_the_first_line_and_names_an_empty_error():
+    assert _play_vars.error_text(ValueError("\n  bad value  \nat line 3")) == "ValueError: bad value"
+    assert _play_vars.error_text(KeyError()) == "KeyError: KeyError"
