@@ -36,7 +36,6 @@ MAX_DESCRIPTION_LENGTH = 2048
 # while a change key is refused, since two keys cut alike would merge two different changes.
 MAX_TITLE_LENGTH = 512
 MAX_CHANGE_KEY_LENGTH = 256
-LABEL_KEY_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
 _NOT_IN_LABEL_KEY = re.compile(r'[^A-Za-z0-9_]')
 # Epoch seconds stay below this until the year 5138: a larger number is milliseconds (up to 10^14) or finer.
 MAX_EVENT_TIME = 10 ** 11
@@ -128,9 +127,9 @@ class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port target m
         return '<Endpoint %s>' % self.masked
 
 
-def endpoint_for(url, parts=None):
-    """The Endpoint of a URL that build_endpoint() validated (``parts``: its urlsplit(), when at hand)."""
-    parts = parts or urlsplit(url)
+def endpoint_for(url):
+    """The Endpoint of a URL that build_endpoint() validated."""
+    parts = urlsplit(url)
     keys = set()
     for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, parts.query):
         keys.update((raw, unquote(raw), quote(unquote(raw), safe='')))
@@ -178,7 +177,7 @@ def build_endpoint(push_url=None, integration_key=None, api_url=None):
             raise FlashdutyError(
                 'push_url: must carry the integration key as ?%s=... (copy the push URL from the Flashduty '
                 'integration page; got %s)' % (KEY_PARAM, _shown_url(url)), field='push_url')
-        return endpoint_for(url, parts)
+        return endpoint_for(url)
     if integration_key:
         key = _text(integration_key).strip()
         if any(ch.isspace() for ch in key):
@@ -219,20 +218,6 @@ def label_key(name):
     """A label name in Prometheus style: ``k8s-cluster`` -> ``k8s_cluster``, ``2fa`` -> ``_2fa``."""
     key = _NOT_IN_LABEL_KEY.sub('_', _text(name).strip())
     return '_' + key if key[:1].isdigit() else key
-
-
-def masked_warning(fields):
-    """The one warning for an event whose content held an integration key, naming where."""
-    return ('%s held the Flashduty integration key or push URL; it was masked as %s. Never put the push URL or the key '
-            'in event content' % (', '.join(fields), MASK))
-
-
-def normalize_labels(labels, field='labels', secrets=(), strict=True):
-    """Labels validated and made strings: ``(labels, warnings)``; see normalize_labels_masked()."""
-    result, warnings, masked = normalize_labels_masked(labels, field, secrets, strict)
-    if masked:
-        warnings.append(masked_warning(masked))
-    return result, warnings
 
 
 def normalize_labels_masked(labels, field, secrets, strict):
@@ -298,7 +283,7 @@ def truncate(text, limit, what=None, warnings=None):
     return text[:limit - 3] + '...'
 
 
-def parse_event_time(value, field='event_time'):
+def parse_event_time(value):
     """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 time (UTC when it names no zone).
 
     A number too large for seconds (10^11 is the year 5138) is refused, as milliseconds when in their range,
@@ -307,9 +292,9 @@ def parse_event_time(value, field='event_time'):
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
-        raise FlashdutyError('%s: must be epoch seconds or an ISO 8601 time, got a boolean' % field, field=field)
+        raise FlashdutyError('event_time: must be epoch seconds or an ISO 8601 time, got a boolean', field='event_time')
     if isinstance(value, float) and not math.isfinite(value):
-        raise FlashdutyError('%s: must be a finite number of epoch seconds, got %r' % (field, value), field=field)
+        raise FlashdutyError('event_time: must be a finite number of epoch seconds, got %r' % value, field='event_time')
     text = None if isinstance(value, (int, float)) else _text(value).strip()
     iso = text is not None and not re.match(r'^-?\d+(\.\d+)?$', text)
     if not iso:
@@ -319,16 +304,15 @@ def parse_event_time(value, field='event_time'):
             moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))
             seconds = int((moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)).timestamp())
         except (ValueError, OverflowError):
-            raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
-                                 % (field, text), field=field)
+            raise FlashdutyError('event_time: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z' % text,
+                                 field='event_time')
     if seconds < 0:
-        raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
-    if not iso and seconds >= _MAX_MILLISECONDS:
-        raise FlashdutyError('%s: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
-                             'in seconds or an ISO 8601 time' % (field, value), field=field)
+        raise FlashdutyError('event_time: must not be before 1970 (got %r)' % (value,), field='event_time')
     if not iso and seconds >= MAX_EVENT_TIME:
-        raise FlashdutyError('%s: %r looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix '
-                             'time in seconds' % (field, value), field=field)
+        raise FlashdutyError(('event_time: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
+                              'in seconds or an ISO 8601 time' if seconds >= _MAX_MILLISECONDS else 'event_time: %r looks like '
+                              'milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix time in seconds') % (value,),
+                             field='event_time')
     return seconds
 
 
@@ -377,7 +361,8 @@ def build_event(change_status, change_key, title, description=None, link=None, l
     if normalized:
         event['labels'] = normalized
     if masked:
-        warnings.append(masked_warning(masked))
+        warnings.append('%s held the Flashduty integration key or push URL; it was masked as %s. Never put the push URL or '
+                        'the key in event content' % (', '.join(masked), MASK))
     return event, warnings
 
 
