@@ -26,13 +26,11 @@ import json
 import os
 import re
 import stat
-import threading
 import time
+import types
 
 
 FORMAT = 'flashcat.flashduty.spool/1'
-DEFAULT_MAX_EVENTS = 1000
-DEFAULT_LEASE = 600.0
 
 _NAME = re.compile(r'^(?P<name>(?P<stamp>\d{20}-\d{7}-\d{6})\.(?P<fp>[0-9a-f]{16})\.(?P<count>\d{1,9})\.json)'
                    r'(?:\.claim-(?P<claimed>\d{1,15})-[0-9a-z]{1,40})?$')
@@ -41,19 +39,11 @@ _FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _FLAGS
 
 # Stamps come from one monotonic clock anchored to the wall clock, so that they sort in the order this
-# process made them even if the wall clock steps back.
-_CLOCK_LOCK = threading.Lock()
+# process made them even if the wall clock steps back; the sequence (whose next() is atomic: no lock needed)
+# keeps apart two stamps of the same nanosecond.
 _WALL_NS = time.time_ns()
 _MONO_NS = time.monotonic_ns()
 _SEQUENCE = itertools.count()
-
-
-def _reset_after_fork():
-    global _CLOCK_LOCK  # pylint: disable=global-statement
-    _CLOCK_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 # A listed spool file: ``free`` when unclaimed, or claimed by a run that outlived the lease.
 _Entry = collections.namedtuple('_Entry', 'name file stamp fp count claimed free')
@@ -69,9 +59,8 @@ class SpoolError(Exception):
 
 def new_stamp():
     """A stamp that sorts after every stamp this process made before."""
-    with _CLOCK_LOCK:
-        ns = _WALL_NS + time.monotonic_ns() - _MONO_NS
-        return '%020d-%07d-%06d' % (ns, os.getpid() % 10000000, next(_SEQUENCE) % 1000000)
+    ns = _WALL_NS + time.monotonic_ns() - _MONO_NS
+    return '%020d-%07d-%06d' % (ns, os.getpid() % 10000000, next(_SEQUENCE) % 1000000)
 
 
 def _unlink(path):
@@ -91,13 +80,6 @@ def _load(path):
     return document
 
 
-class SpoolBatch:
-    """One claimed spool file: its ``records`` are this run's to deliver or give back."""
-
-    def __init__(self, name, stamp, claim_path, records, endpoint_url):
-        self.name, self.stamp, self.claim_path, self.records, self.endpoint_url = name, stamp, claim_path, records, endpoint_url
-
-
 class Spool:
     """A directory of change events waiting for their endpoint.
 
@@ -106,10 +88,9 @@ class Spool:
     trouble with one file is reported, not raised.
     """
 
-    def __init__(self, path, max_events=DEFAULT_MAX_EVENTS, lease=DEFAULT_LEASE):
-        self.path = os.path.abspath(os.path.expanduser('%s' % (path,)))
-        self.max_events = max(1, int(max_events))
-        self.lease = float(lease)
+    def __init__(self, path, max_events=1000, lease=600.0):
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.max_events, self.lease = max_events, lease
         self._owner = '%dx%s' % (os.getpid(), os.urandom(4).hex())
         self._check_directory()
 
@@ -251,8 +232,7 @@ class Spool:
 
     def _trim(self, entries, keep):
         """Drop the oldest events down to max_events (``keep``, the file just written, last); return how many."""
-        excess = sum(entry.count for entry in entries) - self.max_events
-        dropped = 0
+        excess = start = sum(entry.count for entry in entries) - self.max_events
         for entry in entries:
             if excess <= 0:
                 break
@@ -260,18 +240,15 @@ class Spool:
             if claim_path is None:
                 continue
             cut = entry.count
-            if entry.count > excess:
-                try:
+            if cut > excess:  # its oldest records only; unreadable (OSError, ValueError from _load()), it goes whole
+                with contextlib.suppress(OSError, ValueError):
                     document = _load(claim_path)
                     document['records'] = document['records'][excess:]
                     self._write_file('%s.%s.%d.json' % (entry.stamp, entry.fp, len(document['records'])), document)
                     cut = excess
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass  # an unreadable file: dropped whole rather than keep the spool over its bound
             _unlink(claim_path)
-            dropped += cut
             excess -= cut
-        return dropped
+        return start - excess
 
     def _take(self, path, name):
         """Claim the file at ``path`` (again) by renaming it: the claimed path, or None if another run was faster."""
@@ -285,8 +262,9 @@ class Spool:
     def claim(self, endpoint):
         """Claim every batch waiting for ``endpoint``, oldest first: ``(batches, problems)``.
 
-        ``batches`` are SpoolBatch objects, whose records are dicts like those given to write(); ``problems``
-        are messages about files that could not be read (renamed to ``*.corrupt``, not to be tried again).
+        A batch has its file's ``name``, ``stamp`` and ``claim_path``, and ``records`` like those given to write(), this
+        run's to deliver or give back; ``problems`` are messages about files that could not be read (renamed to
+        ``*.corrupt``, not to be tried again).
         """
         batches, problems = [], []
         for entry in self._entries():
@@ -307,7 +285,7 @@ class Spool:
                     continue
                 records = [record for record in document['records']
                            if isinstance(record, dict) and isinstance(record.get('event'), dict)]
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
+            except (OSError, ValueError) as exc:  # a UnicodeDecodeError too
                 corrupt = os.path.join(self.path, entry.name + '.corrupt')
                 try:
                     os.rename(claim_path, corrupt)
@@ -316,7 +294,7 @@ class Spool:
                 problems.append('ignored the unreadable Flashduty spool file %s (%s); it was left as %s'
                                 % (entry.name, endpoint.redact(exc), corrupt))
                 continue
-            batches.append(SpoolBatch(entry.name, entry.stamp, claim_path, records, document.get('endpoint_url') or endpoint.masked))
+            batches.append(types.SimpleNamespace(name=entry.name, stamp=entry.stamp, claim_path=claim_path, records=records))
         return batches, problems
 
     def renew(self, batch):

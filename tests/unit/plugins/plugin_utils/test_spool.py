@@ -54,7 +54,8 @@ def test_write_claim_finish_round_trip(tmp_path):
     first = batches[0].records[0]
     assert first["event"]["event_time"] == 1700000000  # the original time, not the spooling time
     assert first["attempts"] == 4 and first["first_failure"] == 1700000100.5 and "connection refused" in first["last_error"]
-    assert batches[0].endpoint_url.endswith("?integration_key=****")
+    with open(batches[0].claim_path, encoding="utf-8") as handle:
+        assert json.load(handle)["endpoint_url"].endswith("?integration_key=****")
     # Claimed: another run sees nothing, and claiming again yields nothing.
     assert spool.pending(URL) == 0 and Spool(spool.path).claim(URL) == ([], [])
     assert spool.total() == 3  # claimed files still count against the bound
