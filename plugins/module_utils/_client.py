@@ -33,7 +33,7 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     shown,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, StaleConnection, TransportError
+from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, TransportError
 
 RETRY_AFTER_MAX = 60.0
 # What Flashduty answered to an accepted event.
@@ -129,15 +129,10 @@ class FlashdutyClient:
         if deadline is not None and deadline < attempt_deadline:
             attempt_deadline, limit = deadline, deadline_name
         try:
-            try:
-                answer = self.transport.post(body, attempt_deadline)
-            except StaleConnection:
-                answer = self.transport.post(body, attempt_deadline)
+            answer = self.transport.post(body, attempt_deadline)
         except TransportError as exc:
             reason = exc.reason + (' within %s' % limit if exc.timed_out else '')
             return FlashdutyError(reason, retryable=True, unreachable=exc.unreachable), None
-        except StaleConnection:
-            return FlashdutyError('the connection to %s was closed twice before an answer' % self.endpoint.host, retryable=True), None
         except FlashdutyError as exc:  # what no retry mends: a TLS certificate that does not verify
             return exc, None
         request_id, code, message, data = describe_answer(answer)

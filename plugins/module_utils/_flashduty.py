@@ -128,7 +128,7 @@ class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port target m
 
 
 def endpoint_for(url):
-    """The Endpoint of a URL that build_endpoint() validated."""
+    """The Endpoint of a URL that resolve_endpoint() validated."""
     parts = urlsplit(url)
     keys = set()
     for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, parts.query):
@@ -169,20 +169,23 @@ def _split_url(url, field):
     raise FlashdutyError('%s: %s' % (field, problem), field=field)
 
 
-def build_endpoint(push_url=None, integration_key=None, api_url=None):
-    """The Endpoint to POST to: a push URL wins over a key, whose ``api_url`` defaults to Flashduty's public API."""
-    if push_url:
-        url, parts = _split_url(push_url, 'push_url')
+def resolve_endpoint(*sources):
+    """The Endpoint to POST to, from endpoint settings (mappings as endpoint_settings() makes), most specific source
+    first: the first naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source, else
+    Flashduty's public API."""
+    source = next((each for each in sources if each.get('push_url') or each.get('integration_key')), {})
+    if source.get('push_url'):
+        url, parts = _split_url(source['push_url'], 'push_url')
         if not any(key.strip() for key in parse_qs(parts.query, keep_blank_values=True).get(KEY_PARAM, [])):
             raise FlashdutyError(
                 'push_url: must carry the integration key as ?%s=... (copy the push URL from the Flashduty '
                 'integration page; got %s)' % (KEY_PARAM, _shown_url(url)), field='push_url')
         return endpoint_for(url)
-    if integration_key:
-        key = _text(integration_key).strip()
+    if source.get('integration_key'):
+        key = _text(source['integration_key']).strip()
         if any(ch.isspace() for ch in key):
             raise FlashdutyError('integration_key: must not contain white space', field='integration_key')
-        base, parts = _split_url(api_url or DEFAULT_API_URL, 'api_url')
+        base, parts = _split_url(next((each['api_url'] for each in sources if each.get('api_url')), DEFAULT_API_URL), 'api_url')
         if parts.query or parts.fragment:
             raise FlashdutyError('api_url: must not carry a query string or fragment (got %s)' % _shown_url(base), field='api_url')
         return endpoint_for('%s%s?%s=%s' % (base.rstrip('/'), PUSH_PATH, KEY_PARAM, quote(key, safe='')))
@@ -394,18 +397,6 @@ def endpoint_settings(mapping, column):
     """The endpoint settings in ``mapping`` under the names of one ``column``: 'variable', 'environment' or 'ini'."""
     index = ('variable', 'environment', 'ini').index(column) + 1
     return dict((row[0], mapping.get(row[index])) for row in ENDPOINT_SETTINGS)
-
-
-def resolve_endpoint(*sources):
-    """The Endpoint from endpoint settings (mappings as endpoint_settings() makes), most specific source first: the
-    first naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source."""
-    api_url = next((source.get('api_url') for source in sources if source.get('api_url')), None)
-    for source in sources:
-        if source.get('push_url'):
-            return build_endpoint(push_url=source['push_url'])
-        if source.get('integration_key'):
-            return build_endpoint(integration_key=source['integration_key'], api_url=api_url)
-    return build_endpoint()
 
 
 def change_event_argument_spec():

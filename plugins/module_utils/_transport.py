@@ -50,10 +50,6 @@ class TransportError(Exception):
         self.reason, self.unreachable, self.timed_out = reason, unreachable, timed_out
 
 
-class StaleConnection(Exception):
-    """A kept-alive connection the server had closed while idle: send again on a new one, not a failed attempt."""
-
-
 def _time_left(deadline):
     left = deadline - time.monotonic()
     if left <= 0:
@@ -155,7 +151,7 @@ class HttpTransport:
 
     def post(self, body, deadline):
         """POST ``body`` (bytes) by ``deadline`` (time.monotonic()): an Answer, or TransportError (no usable answer),
-        StaleConnection, or FlashdutyError for what no retry mends (a certificate that does not verify)."""
+        or FlashdutyError for what no retry mends (a certificate that does not verify)."""
         connection = self._connection
         reused = connection is not None and connection.sock is not None
         if connection is None:
@@ -185,7 +181,8 @@ class HttpTransport:
         except socket.timeout:
             error = TransportError('no complete answer from %s' % self.host, timed_out=True)
         except (http_client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            error = StaleConnection() if reused else TransportError('the connection was closed by %s before an answer (%s)' % (self.host, describe(exc)))
+            # Reused, the connection was closed by the server while idle: not a failed attempt, the request goes again on a new one.
+            error = None if reused else TransportError('the connection was closed by %s before an answer (%s)' % (self.host, describe(exc)))
         except http_client.IncompleteRead:
             error = TransportError('the connection was closed by %s in the middle of the answer' % self.host)
         except (http_client.HTTPException, ValueError) as exc:  # ValueError: a chunk size http.client cannot read
@@ -202,6 +199,8 @@ class HttpTransport:
         finally:
             self._sock = None
         self.close()
+        if error is None:
+            return self.post(body, deadline)
         raise error
 
 

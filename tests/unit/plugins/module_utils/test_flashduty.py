@@ -34,8 +34,12 @@ def fixture_body(name):
     return (FIXTURES / ('%s.json' % name)).read_bytes()
 
 
+def build(**settings):
+    return fd.resolve_endpoint(settings)
+
+
 def build_url(**settings):
-    return fd.build_endpoint(**settings).url
+    return build(**settings).url
 
 
 def error_of(func, *args, **kwargs):
@@ -439,7 +443,7 @@ def test_push_url_wins_over_integration_key():
     ('https://api.flashcat.cloud%s?integration_key=%%20' % PUSH, 'must carry the integration key'),
 ])
 def test_bad_push_urls(url, fragment):
-    exc = error_of(fd.build_endpoint, push_url=url)
+    exc = error_of(build, push_url=url)
     assert exc.field == 'push_url'
     assert exc.message.startswith('push_url: ') and fragment in exc.message, exc.message
     assert KEY not in exc.message
@@ -452,7 +456,7 @@ def test_bad_push_urls(url, fragment):
     'https://api.flashcat.cloud%s?%s' % (PUSH, KEY),
 ])
 def test_push_url_without_integration_key_does_not_echo_what_is_probably_the_key(url):
-    exc = error_of(fd.build_endpoint, push_url=url)
+    exc = error_of(build, push_url=url)
     assert exc.field == 'push_url'
     assert KEY not in exc.message, exc.message
 
@@ -484,7 +488,7 @@ def test_integration_key_is_url_quoted():
 
 
 def test_integration_key_with_white_space_is_refused():
-    exc = error_of(fd.build_endpoint, integration_key='abc def')
+    exc = error_of(build, integration_key='abc def')
     assert exc.field == 'integration_key'
     assert 'abc' not in exc.message
 
@@ -498,14 +502,14 @@ def test_integration_key_with_white_space_is_refused():
     ('https://x.example.com/a b', 'must not contain spaces'),
 ])
 def test_bad_api_urls(api_url, fragment):
-    exc = error_of(fd.build_endpoint, integration_key=KEY, api_url=api_url)
+    exc = error_of(build, integration_key=KEY, api_url=api_url)
     assert exc.field == 'api_url'
     assert exc.message.startswith('api_url: ') and fragment in exc.message, exc.message
     assert KEY not in exc.message
 
 
 def test_no_endpoint_at_all():
-    exc = error_of(fd.build_endpoint)
+    exc = error_of(build)
     assert exc.field == 'push_url'
     for name in ('push_url', 'integration_key', 'flashduty_push_url', 'FLASHDUTY_PUSH_URL'):
         assert name in exc.message
