@@ -117,7 +117,6 @@ class FlashdutyClient:
                     self._sleep(wait)
                     continue
                 outcome.reason += '; no time left for another attempt within %s' % deadline_name
-            # As reported: the endpoint, the reason, request_id, attempts and what to check.
             outcome.message = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(outcome, attempt))
             outcome.args = (outcome.message,)
             raise outcome

@@ -37,7 +37,6 @@ MAX_DESCRIPTION_LENGTH = 2048
 MAX_TITLE_LENGTH = 512
 MAX_CHANGE_KEY_LENGTH = 256
 _NOT_IN_LABEL_KEY = re.compile(r'[^A-Za-z0-9_]')
-# Epoch seconds stay below this until the year 5138: a larger number is milliseconds (up to 10^14) or finer.
 MAX_EVENT_TIME = 10 ** 11
 _MAX_MILLISECONDS = 10 ** 14
 
@@ -213,7 +212,7 @@ def label_value(value):
     if isinstance(value, bool):
         return 'true' if value else 'false'
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, separators=(',', ':'), ensure_ascii=False, sort_keys=False, default=_text)
+        return json.dumps(value, separators=(',', ':'), ensure_ascii=False, default=_text)
     return _text(value)
 
 
@@ -240,13 +239,10 @@ def normalize_labels_masked(labels, field, secrets, strict):
             continue
         name = redact(raw_key, secrets)
         key = label_key(name)
-        problem = None
-        if not key:
-            problem = 'a label name is empty'
-        elif len(key) > MAX_LABEL_KEY_LENGTH:
-            problem = 'label name %r is %d characters long; at most %d are allowed' % (key[:40] + '...', len(key), MAX_LABEL_KEY_LENGTH)
-        elif key in origins:
-            problem = 'label names %r and %r are both %r in Prometheus style; rename one' % (origins[key], name, key)
+        problem = ('a label name is empty' if not key else
+                   'label name %r is %d characters long; at most %d are allowed' % (key[:40] + '...', len(key), MAX_LABEL_KEY_LENGTH)
+                   if len(key) > MAX_LABEL_KEY_LENGTH else
+                   'label names %r and %r are both %r in Prometheus style; rename one' % (origins[key], name, key) if key in origins else None)
         if problem is not None:
             if strict:
                 raise FlashdutyError('%s: %s' % (field, problem), field=field)
@@ -287,11 +283,8 @@ def truncate(text, limit, what=None, warnings=None):
 
 
 def parse_event_time(value):
-    """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 time (UTC when it names no zone).
-
-    A number too large for seconds (10^11 is the year 5138) is refused, as milliseconds when in their range,
-    rather than sent as a date thousands of years away; any ISO time is valid (Flashduty takes int64 seconds).
-    """
+    """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 time (any year, UTC when it names no
+    zone); a number from 10^11 (the year 5138) is refused, as milliseconds when below 10^14, not sent as seconds."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):

@@ -98,10 +98,7 @@ class Spool:
         return SpoolError('cannot %s the Flashduty spool directory %s: %s' % (what, self.path, exc.strerror or exc))
 
     def _check_directory(self):
-        """True when the directory exists and is safe to use, False when it does not exist yet; else SpoolError.
-
-        A symbolic link is never followed: in a shared /tmp it may lead anywhere, a root-owned directory included.
-        """
+        """True when the directory exists and is safe to use, False when it does not exist yet; else SpoolError."""
         try:
             info = os.lstat(self.path)
         except FileNotFoundError:
