@@ -36,7 +36,6 @@ _NAME = re.compile(r'^(?P<name>(?P<stamp>\d{20}-\d{7}-\d{6})\.(?P<fp>[0-9a-f]{16
                    r'(?:\.claim-(?P<claimed>\d{1,15})-[0-9a-z]{1,40})?$')
 _TEMP_PREFIX = '.tmp-'
 _FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _FLAGS
 
 # Stamps come from one monotonic clock anchored to the wall clock, so that they sort in the order this
 # process made them even if the wall clock steps back; the sequence (whose next() is atomic: no lock needed)
@@ -134,7 +133,7 @@ class Spool:
         self._check_directory()
 
     def _on_directory(self, action):
-        fd = os.open(self.path, _DIRECTORY_FLAGS)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | _FLAGS)
         try:
             action(fd)
         finally:
