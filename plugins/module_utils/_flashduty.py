@@ -87,9 +87,7 @@ class FlashdutyError(Exception):
 
 def _text(value):
     """An exact ``str`` (not Ansible's tagged or unsafe subclasses)."""
-    if isinstance(value, bytes):
-        return value.decode('utf-8', errors='replace')
-    return '%s' % (value,)
+    return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else '%s' % (value,)
 
 
 def redact(text, secrets=()):

@@ -161,10 +161,9 @@ class Spool:
                                   int(match.group('count')), claimed, claimed is None or now - claimed > self.lease))
         return sorted(entries, key=lambda entry: (entry.stamp, entry.file))
 
-    def pending(self, endpoint=None):
-        """How many events wait for ``endpoint`` (or for any endpoint): a listing, no file is read."""
-        return sum(entry.count for entry in self._entries()
-                   if entry.free and (endpoint is None or entry.fp == endpoint.fingerprint[:16]))
+    def pending(self, endpoint):
+        """How many events wait for ``endpoint``: a listing, no file is read."""
+        return sum(entry.count for entry in self._entries() if entry.free and entry.fp == endpoint.fingerprint[:16])
 
     def total(self):
         """Events in the spool, claimed ones included."""
