@@ -151,7 +151,3 @@ def main():
         spec[option] = dict(spec[option], required=False)
     module = AnsibleModule(argument_spec=spec, mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE, supports_check_mode=True)
     module.exit_json(changed=False, msg='the arguments are valid')
-
-
-if __name__ == '__main__':
-    main()
