@@ -167,11 +167,9 @@ def run_change_event(params, check_mode, *fallback_endpoints):
     try:
         endpoint = resolve_endpoint(params, *fallback_endpoints)
         result['endpoint'] = endpoint.masked
-        event_time = params.get('event_time')
         event, warnings = build_event(
-            change_status=params['change_status'], change_key=params['change_key'], title=params['title'],
-            description=params.get('description'), link=params.get('link'), labels=params.get('labels'),
-            event_time=time.time() if event_time is None else event_time, secrets=endpoint.secrets)
+            params['change_status'], params['change_key'], params['title'], description=params['description'], link=params['link'],
+            labels=params['labels'], event_time=time.time() if params['event_time'] is None else params['event_time'], secrets=endpoint.secrets)
     except FlashdutyError as exc:
         return dict(result, failed=True, msg=exc.message)
     result.update(event=event, warnings=url_warnings(endpoint, params['validate_certs']) + warnings)

@@ -36,9 +36,6 @@ MAX_DESCRIPTION_LENGTH = 2048
 # while a change key is refused, since two keys cut alike would merge two different changes.
 MAX_TITLE_LENGTH = 512
 MAX_CHANGE_KEY_LENGTH = 256
-_NOT_IN_LABEL_KEY = re.compile(r'[^A-Za-z0-9_]')
-MAX_EVENT_TIME = 10 ** 11
-_MAX_MILLISECONDS = 10 ** 14
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 3
@@ -216,7 +213,7 @@ def label_value(value):
 
 def label_key(name):
     """A label name in Prometheus style: ``k8s-cluster`` -> ``k8s_cluster``, ``2fa`` -> ``_2fa``."""
-    key = _NOT_IN_LABEL_KEY.sub('_', _text(name).strip())
+    key = re.sub(r'[^A-Za-z0-9_]', '_', _text(name).strip())
     return '_' + key if key[:1].isdigit() else key
 
 
@@ -302,9 +299,9 @@ def parse_event_time(value):
                                  field='event_time')
     if seconds < 0:
         raise FlashdutyError('event_time: must not be before 1970 (got %r)' % (value,), field='event_time')
-    if not iso and seconds >= MAX_EVENT_TIME:
+    if not iso and seconds >= 10 ** 11:
         raise FlashdutyError(('event_time: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
-                              'in seconds or an ISO 8601 time' if seconds >= _MAX_MILLISECONDS else 'event_time: %r looks like '
+                              'in seconds or an ISO 8601 time' if seconds >= 10 ** 14 else 'event_time: %r looks like '
                               'milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix time in seconds') % (value,),
                              field='event_time')
     return seconds

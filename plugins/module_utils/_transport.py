@@ -30,8 +30,6 @@ from urllib.request import getproxies, proxy_bypass
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import FlashdutyError, shown
 
-USER_AGENT = 'flashcat.flashduty-ansible'
-
 # getaddrinfo() imports the idna codec the first time it resolves a host name. Were that import made by a
 # sending thread while Ansible forks a worker, its lock would stay held in the worker, whose own first host
 # name lookup (a change_event task) would then hang for ever: import it now, on the thread loading this module.
@@ -116,7 +114,7 @@ class HttpTransport:
         self._proxy = proxy = None if not proxy or proxy_bypass(endpoint.host) else urlsplit(proxy if '://' in proxy else 'http://' + proxy)
         self._address = (endpoint.host, endpoint.port) if proxy is None else (proxy.hostname, proxy.port or 8080)  # where we connect
         self._target = endpoint.target
-        self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': USER_AGENT}
+        self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': 'flashcat.flashduty-ansible'}
         self._proxy_headers = {}
         if proxy is not None and proxy.username:
             token = '%s:%s' % (unquote(proxy.username), unquote(proxy.password or ''))
