@@ -49,11 +49,9 @@ _Entry = collections.namedtuple('_Entry', 'name file stamp fp count claimed free
 
 
 class SpoolError(Exception):
-    """The spool directory cannot be used; the message names it and never holds a key."""
+    """The spool directory cannot be used; the ``message`` names it and never holds a key."""
 
-    def __init__(self, message):
-        super(SpoolError, self).__init__(message)
-        self.message = message
+    message = property(lambda self: self.args[0])
 
 
 def new_stamp():
