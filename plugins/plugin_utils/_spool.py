@@ -102,7 +102,6 @@ class Spool:
             return False
         except OSError as exc:
             raise self._error('use', exc) from None
-        mode = stat.S_IMODE(info.st_mode)
         if stat.S_ISLNK(info.st_mode):
             raise SpoolError('the Flashduty spool directory %s is a symbolic link; refusing to follow it (set spool_dir to '
                              'the real directory)' % self.path)
@@ -111,9 +110,9 @@ class Spool:
         if info.st_uid != os.geteuid():
             raise SpoolError('the Flashduty spool directory %s belongs to another user (uid %d); refusing to use it'
                              % (self.path, info.st_uid))
-        if mode & 0o077:
+        if info.st_mode & 0o077:
             raise SpoolError('the Flashduty spool directory %s is open to other users (mode %04o); refusing to use it: '
-                             'run chmod 700 on it, or set spool_dir to another directory' % (self.path, mode))
+                             'run chmod 700 on it, or set spool_dir to another directory' % (self.path, stat.S_IMODE(info.st_mode)))
         return True
 
     def _ensure_directory(self):
