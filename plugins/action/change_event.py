@@ -42,7 +42,6 @@ OPTION_VARIABLES = (('change_key', 'flashduty_change_key'), ('title', 'flashduty
                     ('link', 'flashduty_change_link'))
 
 
-
 class ActionModule(ActionBase):
     """Sends the event from the controller: no delegate_to, no module shipped to the host."""
 
@@ -51,7 +50,6 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super(ActionModule, self).run(tmp, task_vars)
-        del tmp
         task_vars = task_vars or {}
         try:
             if not boolean(self._variable(task_vars, 'flashduty_enabled', True), strict=False):
@@ -85,12 +83,11 @@ class ActionModule(ActionBase):
                 'Unsupported parameters for (%s) module: %s' % (FQCN, error.msg) if isinstance(error, UnsupportedError) else error.msg
                 for error in validation.errors.errors)))
         params = validation.validated_parameters
-        labels = {}
         shared_labels = self._variable(task_vars, 'flashduty_labels')
         if shared_labels is not None:
             require_mapping(shared_labels, 'flashduty_labels')
-            labels.update(shared_labels)
-        labels.update(params.get('labels') or {})
+        labels = dict(shared_labels or {})
+        labels.update(params['labels'] or {})
         if params['automatic_labels']:
             play = self._play_facts(task_vars)
             ci_link = play.pop('ci_link')
@@ -154,7 +151,3 @@ def main():
         spec[option] = dict(spec[option], required=False)
     module = AnsibleModule(argument_spec=spec, mutually_exclusive=CHANGE_EVENT_MUTUALLY_EXCLUSIVE, supports_check_mode=True)
     module.exit_json(changed=False, msg='the arguments are valid')
-
-
-if __name__ == '__main__':
-    main()

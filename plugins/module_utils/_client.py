@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import contextlib
 import datetime
 import email.utils
 import itertools
@@ -24,9 +25,7 @@ import time
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
-    DEFAULT_TOTAL_TIMEOUT,
     ERROR_HINTS,
-    OPTION_RANGES,
     FlashdutyError,
     build_event,
     option_problem,
@@ -34,22 +33,16 @@ from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty impo
     shown,
     url_warnings,
 )
-from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, StaleConnection, TransportError
+from ansible_collections.flashcat.flashduty.plugins.module_utils._transport import HttpTransport, TransportError
 
-RETRYABLE_STATUS = frozenset((429, 500, 502, 503, 504))
-RETRYABLE_CODES = frozenset(('RequestTooFrequently', 'InternalError'))
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 8.0
 RETRY_AFTER_MAX = 60.0
-REQUEST_ID_HEADER = 'Flashcat-Request-Id'
-UNREACHABLE_HINT = 'check that this machine can reach the Flashduty API (egress, proxy, DNS)'
 # What Flashduty answered to an accepted event.
 Delivery = collections.namedtuple('Delivery', 'request_id status_code attempts data')
 
 
-def backoff_delay(attempt, base=BACKOFF_BASE, cap=BACKOFF_MAX, rand=random.random):
-    """Delay before retry number ``attempt`` (1-based): exponential, with equal jitter."""
-    ceiling = min(cap, base * (2 ** (attempt - 1)))
+def backoff_delay(attempt, rand=random.random):
+    """Delay before retry number ``attempt`` (1-based): 0.5 s doubling up to 8 s, half of it random (equal jitter)."""
+    ceiling = min(8.0, 0.5 * 2 ** (attempt - 1))
     return ceiling / 2 + rand() * ceiling / 2
 
 
@@ -60,16 +53,14 @@ def parse_retry_after(value, now=None):
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=datetime.timezone.utc)
     except (TypeError, ValueError, IndexError, AttributeError):  # AttributeError: None, before Python 3.10
         return None
-    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+    return max(0.0, moment.replace(tzinfo=moment.tzinfo or datetime.timezone.utc).timestamp() - (time.time() if now is None else now))
 
 
 def describe_answer(answer):
     """Flashduty's verdict on one answer, as the server wrote it (not redacted): ``(request_id, error_code, message, data)``."""
-    request_id = answer.headers.get(REQUEST_ID_HEADER)
+    request_id = answer.headers.get('Flashcat-Request-Id')
     code = message = data = None
     try:
         document = json.loads(answer.body.decode('utf-8')) if answer.body else None
@@ -79,8 +70,7 @@ def describe_answer(answer):
         request_id = document.get('request_id') or request_id
         error = document.get('error')
         if isinstance(error, dict):
-            code = error.get('code') or 'UnknownError'
-            message = error.get('message') or ''
+            code, message = error.get('code') or 'UnknownError', error.get('message') or ''
         elif error:
             code, message = 'UnknownError', '%s' % (error,)
         data = document.get('data')
@@ -127,7 +117,6 @@ class FlashdutyClient:
                     self._sleep(wait)
                     continue
                 outcome.reason += '; no time left for another attempt within %s' % deadline_name
-            # As reported: the endpoint, the reason, request_id, attempts and what to check.
             outcome.message = 'Flashduty did not accept the change event at %s: %s' % (self.endpoint.masked, explain(outcome, attempt))
             outcome.args = (outcome.message,)
             raise outcome
@@ -139,15 +128,10 @@ class FlashdutyClient:
         if deadline is not None and deadline < attempt_deadline:
             attempt_deadline, limit = deadline, deadline_name
         try:
-            try:
-                answer = self.transport.post(body, attempt_deadline)
-            except StaleConnection:
-                answer = self.transport.post(body, attempt_deadline)
+            answer = self.transport.post(body, attempt_deadline)
         except TransportError as exc:
             reason = exc.reason + (' within %s' % limit if exc.timed_out else '')
             return FlashdutyError(reason, retryable=True, unreachable=exc.unreachable), None
-        except StaleConnection:
-            return FlashdutyError('the connection to %s was closed twice before an answer' % self.endpoint.host, retryable=True), None
         except FlashdutyError as exc:  # what no retry mends: a TLS certificate that does not verify
             return exc, None
         request_id, code, message, data = describe_answer(answer)
@@ -159,23 +143,17 @@ class FlashdutyClient:
         wait = parse_retry_after(answer.headers.get('Retry-After')) if answer.status == 429 else None
         wait = None if wait is None else min(wait, RETRY_AFTER_MAX)
         reason = 'HTTP %d' % answer.status + (' %s' % code if code else '') + (': %s' % shown(message, secrets) if message else '')
-        retryable = answer.status in RETRYABLE_STATUS or code in RETRYABLE_CODES
+        retryable = answer.status in (429, 500, 502, 503, 504) or code in ('RequestTooFrequently', 'InternalError')
         return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable), wait
 
 
 def explain(error, attempts=1):
     """A delivery error's reason with its request_id, the attempts made and what to check."""
-    text = error.reason
-    if error.request_id:
-        text += ' (request_id: %s)' % error.request_id
-    if attempts > 1:
-        text += ' after %d attempts' % attempts
     hint = ERROR_HINTS.get(error.code)
     if hint is None and error.status_code is None and error.retryable:
-        hint = UNREACHABLE_HINT
-    if hint:
-        text += '; %s' % hint
-    return text
+        hint = 'check that this machine can reach the Flashduty API (egress, proxy, DNS)'
+    return (error.reason + (' (request_id: %s)' % error.request_id if error.request_id else '')
+            + (' after %d attempts' % attempts if attempts > 1 else '') + ('; %s' % hint if hint else ''))
 
 
 def run_change_event(params, check_mode, *fallback_endpoints):
@@ -183,31 +161,26 @@ def run_change_event(params, check_mode, *fallback_endpoints):
     the endpoint comes from ``params``, then from each fallback source in turn (resolve_endpoint())."""
     result = dict(changed=False)
     for name in ('timeout', 'retries', 'total_timeout'):
-        problem = option_problem(name, params.get(name, OPTION_RANGES[name][3]))
+        problem = option_problem(name, params[name])
         if problem is not None:
             return dict(result, failed=True, msg=problem)
     try:
         endpoint = resolve_endpoint(params, *fallback_endpoints)
         result['endpoint'] = endpoint.masked
-        event_time = params.get('event_time')
         event, warnings = build_event(
-            change_status=params['change_status'], change_key=params['change_key'], title=params['title'],
-            description=params.get('description'), link=params.get('link'), labels=params.get('labels'),
-            event_time=time.time() if event_time is None else event_time, secrets=endpoint.secrets)
+            params['change_status'], params['change_key'], params['title'], description=params['description'], link=params['link'],
+            labels=params['labels'], event_time=time.time() if params['event_time'] is None else params['event_time'], secrets=endpoint.secrets)
     except FlashdutyError as exc:
         return dict(result, failed=True, msg=exc.message)
-    result.update(event=event, warnings=url_warnings(endpoint, params.get('validate_certs', True)) + warnings)
+    result.update(event=event, warnings=url_warnings(endpoint, params['validate_certs']) + warnings)
     if check_mode:
         return dict(result, changed=True, msg='check mode: the change event is valid and was not sent')
-    total_timeout = params.get('total_timeout', DEFAULT_TOTAL_TIMEOUT)
+    total_timeout = params['total_timeout']
     try:
-        client = FlashdutyClient(endpoint, timeout=params['timeout'], retries=params['retries'],
-                                 validate_certs=params['validate_certs'], ca_path=params['ca_path'])
-        try:
+        with contextlib.closing(FlashdutyClient(endpoint, timeout=params['timeout'], retries=params['retries'],
+                                                validate_certs=params['validate_certs'], ca_path=params['ca_path'])) as client:
             delivery = client.send(event, deadline=time.monotonic() + total_timeout,
                                    deadline_name='the total_timeout of %.1f s' % total_timeout)
-        finally:
-            client.close()
     except FlashdutyError as exc:
         return dict(result, failed=True, msg=exc.message, request_id=exc.request_id, status_code=exc.status_code)
     result.update(changed=True, request_id=delivery.request_id, status_code=delivery.status_code,

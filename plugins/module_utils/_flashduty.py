@@ -36,11 +36,6 @@ MAX_DESCRIPTION_LENGTH = 2048
 # while a change key is refused, since two keys cut alike would merge two different changes.
 MAX_TITLE_LENGTH = 512
 MAX_CHANGE_KEY_LENGTH = 256
-LABEL_KEY_PATTERN = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$')
-_NOT_IN_LABEL_KEY = re.compile(r'[^A-Za-z0-9_]')
-# Epoch seconds stay below this until the year 5138: a larger number is milliseconds (up to 10^14) or finer.
-MAX_EVENT_TIME = 10 ** 11
-_MAX_MILLISECONDS = 10 ** 14
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 3
@@ -89,9 +84,7 @@ class FlashdutyError(Exception):
 
 def _text(value):
     """An exact ``str`` (not Ansible's tagged or unsafe subclasses)."""
-    if isinstance(value, bytes):
-        return value.decode('utf-8', errors='replace')
-    return '%s' % (value,)
+    return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else '%s' % (value,)
 
 
 def redact(text, secrets=()):
@@ -128,9 +121,9 @@ class Endpoint(collections.namedtuple('Endpoint', 'url scheme host port target m
         return '<Endpoint %s>' % self.masked
 
 
-def endpoint_for(url, parts=None):
-    """The Endpoint of a URL that build_endpoint() validated (``parts``: its urlsplit(), when at hand)."""
-    parts = parts or urlsplit(url)
+def endpoint_for(url):
+    """The Endpoint of a URL that resolve_endpoint() validated."""
+    parts = urlsplit(url)
     keys = set()
     for raw in re.findall(r'(?:^|&)%s=([^&#\s]*)' % KEY_PARAM, parts.query):
         keys.update((raw, unquote(raw), quote(unquote(raw), safe='')))
@@ -170,20 +163,23 @@ def _split_url(url, field):
     raise FlashdutyError('%s: %s' % (field, problem), field=field)
 
 
-def build_endpoint(push_url=None, integration_key=None, api_url=None):
-    """The Endpoint to POST to: a push URL wins over a key, whose ``api_url`` defaults to Flashduty's public API."""
-    if push_url:
-        url, parts = _split_url(push_url, 'push_url')
+def resolve_endpoint(*sources):
+    """The Endpoint to POST to, from endpoint settings (mappings as endpoint_settings() makes), most specific source
+    first: the first naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source, else
+    Flashduty's public API."""
+    source = next((each for each in sources if each.get('push_url') or each.get('integration_key')), {})
+    if source.get('push_url'):
+        url, parts = _split_url(source['push_url'], 'push_url')
         if not any(key.strip() for key in parse_qs(parts.query, keep_blank_values=True).get(KEY_PARAM, [])):
             raise FlashdutyError(
                 'push_url: must carry the integration key as ?%s=... (copy the push URL from the Flashduty '
                 'integration page; got %s)' % (KEY_PARAM, _shown_url(url)), field='push_url')
-        return endpoint_for(url, parts)
-    if integration_key:
-        key = _text(integration_key).strip()
+        return endpoint_for(url)
+    if source.get('integration_key'):
+        key = _text(source['integration_key']).strip()
         if any(ch.isspace() for ch in key):
             raise FlashdutyError('integration_key: must not contain white space', field='integration_key')
-        base, parts = _split_url(api_url or DEFAULT_API_URL, 'api_url')
+        base, parts = _split_url(next((each['api_url'] for each in sources if each.get('api_url')), DEFAULT_API_URL), 'api_url')
         if parts.query or parts.fragment:
             raise FlashdutyError('api_url: must not carry a query string or fragment (got %s)' % _shown_url(base), field='api_url')
         return endpoint_for('%s%s?%s=%s' % (base.rstrip('/'), PUSH_PATH, KEY_PARAM, quote(key, safe='')))
@@ -211,28 +207,14 @@ def label_value(value):
     if isinstance(value, bool):
         return 'true' if value else 'false'
     if isinstance(value, (list, tuple, dict)):
-        return json.dumps(value, separators=(',', ':'), ensure_ascii=False, sort_keys=False, default=_text)
+        return json.dumps(value, separators=(',', ':'), ensure_ascii=False, default=_text)
     return _text(value)
 
 
 def label_key(name):
     """A label name in Prometheus style: ``k8s-cluster`` -> ``k8s_cluster``, ``2fa`` -> ``_2fa``."""
-    key = _NOT_IN_LABEL_KEY.sub('_', _text(name).strip())
+    key = re.sub(r'[^A-Za-z0-9_]', '_', _text(name).strip())
     return '_' + key if key[:1].isdigit() else key
-
-
-def masked_warning(fields):
-    """The one warning for an event whose content held an integration key, naming where."""
-    return ('%s held the Flashduty integration key or push URL; it was masked as %s. Never put the push URL or the key '
-            'in event content' % (', '.join(fields), MASK))
-
-
-def normalize_labels(labels, field='labels', secrets=(), strict=True):
-    """Labels validated and made strings: ``(labels, warnings)``; see normalize_labels_masked()."""
-    result, warnings, masked = normalize_labels_masked(labels, field, secrets, strict)
-    if masked:
-        warnings.append(masked_warning(masked))
-    return result, warnings
 
 
 def normalize_labels_masked(labels, field, secrets, strict):
@@ -252,13 +234,10 @@ def normalize_labels_masked(labels, field, secrets, strict):
             continue
         name = redact(raw_key, secrets)
         key = label_key(name)
-        problem = None
-        if not key:
-            problem = 'a label name is empty'
-        elif len(key) > MAX_LABEL_KEY_LENGTH:
-            problem = 'label name %r is %d characters long; at most %d are allowed' % (key[:40] + '...', len(key), MAX_LABEL_KEY_LENGTH)
-        elif key in origins:
-            problem = 'label names %r and %r are both %r in Prometheus style; rename one' % (origins[key], name, key)
+        problem = ('a label name is empty' if not key else
+                   'label name %r is %d characters long; at most %d are allowed' % (key[:40] + '...', len(key), MAX_LABEL_KEY_LENGTH)
+                   if len(key) > MAX_LABEL_KEY_LENGTH else
+                   'label names %r and %r are both %r in Prometheus style; rename one' % (origins[key], name, key) if key in origins else None)
         if problem is not None:
             if strict:
                 raise FlashdutyError('%s: %s' % (field, problem), field=field)
@@ -298,18 +277,15 @@ def truncate(text, limit, what=None, warnings=None):
     return text[:limit - 3] + '...'
 
 
-def parse_event_time(value, field='event_time'):
-    """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 time (UTC when it names no zone).
-
-    A number too large for seconds (10^11 is the year 5138) is refused, as milliseconds when in their range,
-    rather than sent as a date thousands of years away; any ISO time is valid (Flashduty takes int64 seconds).
-    """
+def parse_event_time(value):
+    """Unix seconds from epoch seconds (int, float or digits) or an ISO 8601 time (any year, UTC when it names no
+    zone); a number from 10^11 (the year 5138) is refused, as milliseconds when below 10^14, not sent as seconds."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, bool):
-        raise FlashdutyError('%s: must be epoch seconds or an ISO 8601 time, got a boolean' % field, field=field)
+        raise FlashdutyError('event_time: must be epoch seconds or an ISO 8601 time, got a boolean', field='event_time')
     if isinstance(value, float) and not math.isfinite(value):
-        raise FlashdutyError('%s: must be a finite number of epoch seconds, got %r' % (field, value), field=field)
+        raise FlashdutyError('event_time: must be a finite number of epoch seconds, got %r' % value, field='event_time')
     text = None if isinstance(value, (int, float)) else _text(value).strip()
     iso = text is not None and not re.match(r'^-?\d+(\.\d+)?$', text)
     if not iso:
@@ -319,16 +295,15 @@ def parse_event_time(value, field='event_time'):
             moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))
             seconds = int((moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.timezone.utc)).timestamp())
         except (ValueError, OverflowError):
-            raise FlashdutyError('%s: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z'
-                                 % (field, text), field=field)
+            raise FlashdutyError('event_time: %r is neither epoch seconds nor an ISO 8601 time such as 2026-11-26T17:40:00Z' % text,
+                                 field='event_time')
     if seconds < 0:
-        raise FlashdutyError('%s: must not be before 1970 (got %r)' % (field, value), field=field)
-    if not iso and seconds >= _MAX_MILLISECONDS:
-        raise FlashdutyError('%s: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
-                             'in seconds or an ISO 8601 time' % (field, value), field=field)
-    if not iso and seconds >= MAX_EVENT_TIME:
-        raise FlashdutyError('%s: %r looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix '
-                             'time in seconds' % (field, value), field=field)
+        raise FlashdutyError('event_time: must not be before 1970 (got %r)' % (value,), field='event_time')
+    if not iso and seconds >= 10 ** 11:
+        raise FlashdutyError(('event_time: %r is too large for Unix time in seconds (10^11 seconds is the year 5138); give Unix time '
+                              'in seconds or an ISO 8601 time' if seconds >= 10 ** 14 else 'event_time: %r looks like '
+                              'milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix time in seconds') % (value,),
+                             field='event_time')
     return seconds
 
 
@@ -377,7 +352,8 @@ def build_event(change_status, change_key, title, description=None, link=None, l
     if normalized:
         event['labels'] = normalized
     if masked:
-        warnings.append(masked_warning(masked))
+        warnings.append('%s held the Flashduty integration key or push URL; it was masked as %s. Never put the push URL or '
+                        'the key in event content' % (', '.join(masked), MASK))
     return event, warnings
 
 
@@ -409,18 +385,6 @@ def endpoint_settings(mapping, column):
     """The endpoint settings in ``mapping`` under the names of one ``column``: 'variable', 'environment' or 'ini'."""
     index = ('variable', 'environment', 'ini').index(column) + 1
     return dict((row[0], mapping.get(row[index])) for row in ENDPOINT_SETTINGS)
-
-
-def resolve_endpoint(*sources):
-    """The Endpoint from endpoint settings (mappings as endpoint_settings() makes), most specific source first: the
-    first naming a push URL or a key wins whole; a key goes with the first ``api_url`` of any source."""
-    api_url = next((source.get('api_url') for source in sources if source.get('api_url')), None)
-    for source in sources:
-        if source.get('push_url'):
-            return build_endpoint(push_url=source['push_url'])
-        if source.get('integration_key'):
-            return build_endpoint(integration_key=source['integration_key'], api_url=api_url)
-    return build_endpoint()
 
 
 def change_event_argument_spec():

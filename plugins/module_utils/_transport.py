@@ -30,8 +30,6 @@ from urllib.request import getproxies, proxy_bypass
 
 from ansible_collections.flashcat.flashduty.plugins.module_utils._flashduty import FlashdutyError, shown
 
-USER_AGENT = 'flashcat.flashduty-ansible'
-
 # getaddrinfo() imports the idna codec the first time it resolves a host name. Were that import made by a
 # sending thread while Ansible forks a worker, its lock would stay held in the worker, whose own first host
 # name lookup (a change_event task) would then hang for ever: import it now, on the thread loading this module.
@@ -48,10 +46,6 @@ class TransportError(Exception):
     def __init__(self, reason, unreachable=False, timed_out=False):
         super(TransportError, self).__init__(reason)
         self.reason, self.unreachable, self.timed_out = reason, unreachable, timed_out
-
-
-class StaleConnection(Exception):
-    """A kept-alive connection the server had closed while idle: send again on a new one, not a failed attempt."""
 
 
 def _time_left(deadline):
@@ -117,15 +111,15 @@ class HttpTransport:
         self._https = endpoint.scheme == 'https'
         self._ssl_context = _ssl_context(validate_certs, ca_path) if self._https else None
         proxy = getproxies().get(endpoint.scheme)
-        self._proxy = None if not proxy or proxy_bypass(endpoint.host) else urlsplit(proxy if '://' in proxy else 'http://' + proxy)
+        self._proxy = proxy = None if not proxy or proxy_bypass(endpoint.host) else urlsplit(proxy if '://' in proxy else 'http://' + proxy)
+        self._address = (endpoint.host, endpoint.port) if proxy is None else (proxy.hostname, proxy.port or 8080)  # where we connect
         self._target = endpoint.target
-        self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': USER_AGENT}
+        self._headers = {'Content-Type': 'application/json', 'Accept': 'application/json', 'User-Agent': 'flashcat.flashduty-ansible'}
         self._proxy_headers = {}
-        if self._proxy is not None and self._proxy.username:
-            token = '%s:%s' % (unquote(self._proxy.username), unquote(self._proxy.password or ''))
+        if proxy is not None and proxy.username:
+            token = '%s:%s' % (unquote(proxy.username), unquote(proxy.password or ''))
             self._proxy_headers['Proxy-Authorization'] = 'Basic ' + base64.b64encode(token.encode('utf-8')).decode('ascii')
-        if self._proxy is not None and not self._https:
-            # A plain-http proxy is asked for the absolute URL instead of tunnelling.
+        if proxy is not None and not self._https:  # a plain-http proxy is asked for the absolute URL instead of tunnelling
             self._target = endpoint.url
             self._headers.update(self._proxy_headers)
         self._connection = None
@@ -146,20 +140,16 @@ class HttpTransport:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def _new_connection(self):
-        if self._proxy is None:
-            host, port = self.host, self.endpoint.port
-        else:
-            host, port = self._proxy.hostname, self._proxy.port or 8080
         if not self._https:
-            return http_client.HTTPConnection(host, port)
-        connection = _HTTPSConnection(host, port, context=self._ssl_context)
+            return http_client.HTTPConnection(*self._address)
+        connection = _HTTPSConnection(*self._address, context=self._ssl_context)
         if self._proxy is not None:
             connection.set_tunnel(self.host, self.endpoint.port, headers=self._proxy_headers)
         return connection
 
     def post(self, body, deadline):
         """POST ``body`` (bytes) by ``deadline`` (time.monotonic()): an Answer, or TransportError (no usable answer),
-        StaleConnection, or FlashdutyError for what no retry mends (a certificate that does not verify)."""
+        or FlashdutyError for what no retry mends (a certificate that does not verify)."""
         connection = self._connection
         reused = connection is not None and connection.sock is not None
         if connection is None:
@@ -184,35 +174,32 @@ class HttpTransport:
                     self.close()
             return Answer(response.status, response.msg, data)
         except ssl.SSLCertVerificationError as exc:
-            self.close()
-            raise FlashdutyError('could not verify the TLS certificate of %s: %s (set ca_path to your CA bundle, '
-                                 'or validate_certs: false to skip the check)' % (self.host, describe(exc)))
+            error = FlashdutyError('could not verify the TLS certificate of %s: %s (set ca_path to your CA bundle, '
+                                   'or validate_certs: false to skip the check)' % (self.host, describe(exc)))
         except socket.timeout:
-            self.close()
-            raise TransportError('no complete answer from %s' % self.host, timed_out=True)
+            error = TransportError('no complete answer from %s' % self.host, timed_out=True)
         except (http_client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-            self.close()
-            if reused:
-                raise StaleConnection()
-            raise TransportError('the connection was closed by %s before an answer (%s)' % (self.host, describe(exc)))
+            # Reused, the connection was closed by the server while idle: not a failed attempt, the request goes again on a new one.
+            error = None if reused else TransportError('the connection was closed by %s before an answer (%s)' % (self.host, describe(exc)))
         except http_client.IncompleteRead:
-            self.close()
-            raise TransportError('the connection was closed by %s in the middle of the answer' % self.host)
+            error = TransportError('the connection was closed by %s in the middle of the answer' % self.host)
         except (http_client.HTTPException, ValueError) as exc:  # ValueError: a chunk size http.client cannot read
-            self.close()
-            raise TransportError('%s did not answer in HTTP/1.x: %s' % (self.host, describe(exc)))
+            error = TransportError('%s did not answer in HTTP/1.x: %s' % (self.host, describe(exc)))
         except OSError as exc:
-            self.close()
-            text = describe(exc)
+            text, proxy = describe(exc), '%s:%d' % self._address
             if self._proxy is None:
-                raise TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
-            proxy = '%s:%d' % (self._proxy.hostname, self._proxy.port or 8080)
-            if text.startswith('Tunnel connection failed'):
-                raise TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
-                                     unreachable=True)
-            raise TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
+                error = TransportError('could not reach %s: %s' % (self.host, text), unreachable=True)
+            elif text.startswith('Tunnel connection failed'):
+                error = TransportError('the proxy %s refused the tunnel to %s: %s' % (proxy, self.host, text[len('Tunnel connection failed: '):]),
+                                       unreachable=True)
+            else:
+                error = TransportError('could not reach %s through the proxy %s: %s' % (self.host, proxy, text), unreachable=True)
         finally:
             self._sock = None
+        self.close()
+        if error is None:
+            return self.post(body, deadline)
+        raise error
 
 
 def describe(exc):

@@ -26,52 +26,38 @@ import json
 import os
 import re
 import stat
-import threading
 import time
+import types
 
 
 FORMAT = 'flashcat.flashduty.spool/1'
-DEFAULT_MAX_EVENTS = 1000
-DEFAULT_LEASE = 600.0
 
 _NAME = re.compile(r'^(?P<name>(?P<stamp>\d{20}-\d{7}-\d{6})\.(?P<fp>[0-9a-f]{16})\.(?P<count>\d{1,9})\.json)'
                    r'(?:\.claim-(?P<claimed>\d{1,15})-[0-9a-z]{1,40})?$')
 _TEMP_PREFIX = '.tmp-'
 _FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _FLAGS
 
 # Stamps come from one monotonic clock anchored to the wall clock, so that they sort in the order this
-# process made them even if the wall clock steps back.
-_CLOCK_LOCK = threading.Lock()
+# process made them even if the wall clock steps back; the sequence (whose next() is atomic: no lock needed)
+# keeps apart two stamps of the same nanosecond.
 _WALL_NS = time.time_ns()
 _MONO_NS = time.monotonic_ns()
 _SEQUENCE = itertools.count()
-
-
-def _reset_after_fork():
-    global _CLOCK_LOCK  # pylint: disable=global-statement
-    _CLOCK_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 # A listed spool file: ``free`` when unclaimed, or claimed by a run that outlived the lease.
 _Entry = collections.namedtuple('_Entry', 'name file stamp fp count claimed free')
 
 
 class SpoolError(Exception):
-    """The spool directory cannot be used; the message names it and never holds a key."""
+    """The spool directory cannot be used; the ``message`` names it and never holds a key."""
 
-    def __init__(self, message):
-        super(SpoolError, self).__init__(message)
-        self.message = message
+    message = property(lambda self: self.args[0])
 
 
 def new_stamp():
     """A stamp that sorts after every stamp this process made before."""
-    with _CLOCK_LOCK:
-        ns = _WALL_NS + time.monotonic_ns() - _MONO_NS
-        return '%020d-%07d-%06d' % (ns, os.getpid() % 10000000, next(_SEQUENCE) % 1000000)
+    ns = _WALL_NS + time.monotonic_ns() - _MONO_NS
+    return '%020d-%07d-%06d' % (ns, os.getpid() % 10000000, next(_SEQUENCE) % 1000000)
 
 
 def _unlink(path):
@@ -91,13 +77,6 @@ def _load(path):
     return document
 
 
-class SpoolBatch:
-    """One claimed spool file: its ``records`` are this run's to deliver or give back."""
-
-    def __init__(self, name, stamp, claim_path, records, endpoint_url):
-        self.name, self.stamp, self.claim_path, self.records, self.endpoint_url = name, stamp, claim_path, records, endpoint_url
-
-
 class Spool:
     """A directory of change events waiting for their endpoint.
 
@@ -106,10 +85,9 @@ class Spool:
     trouble with one file is reported, not raised.
     """
 
-    def __init__(self, path, max_events=DEFAULT_MAX_EVENTS, lease=DEFAULT_LEASE):
-        self.path = os.path.abspath(os.path.expanduser('%s' % (path,)))
-        self.max_events = max(1, int(max_events))
-        self.lease = float(lease)
+    def __init__(self, path, max_events=1000, lease=600.0):
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.max_events, self.lease = max_events, lease
         self._owner = '%dx%s' % (os.getpid(), os.urandom(4).hex())
         self._check_directory()
 
@@ -117,17 +95,13 @@ class Spool:
         return SpoolError('cannot %s the Flashduty spool directory %s: %s' % (what, self.path, exc.strerror or exc))
 
     def _check_directory(self):
-        """True when the directory exists and is safe to use, False when it does not exist yet; else SpoolError.
-
-        A symbolic link is never followed: in a shared /tmp it may lead anywhere, a root-owned directory included.
-        """
+        """True when the directory exists and is safe to use, False when it does not exist yet; else SpoolError."""
         try:
             info = os.lstat(self.path)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise self._error('use', exc) from None
-        mode = stat.S_IMODE(info.st_mode)
         if stat.S_ISLNK(info.st_mode):
             raise SpoolError('the Flashduty spool directory %s is a symbolic link; refusing to follow it (set spool_dir to '
                              'the real directory)' % self.path)
@@ -136,9 +110,9 @@ class Spool:
         if info.st_uid != os.geteuid():
             raise SpoolError('the Flashduty spool directory %s belongs to another user (uid %d); refusing to use it'
                              % (self.path, info.st_uid))
-        if mode & 0o077:
+        if info.st_mode & 0o077:
             raise SpoolError('the Flashduty spool directory %s is open to other users (mode %04o); refusing to use it: '
-                             'run chmod 700 on it, or set spool_dir to another directory' % (self.path, mode))
+                             'run chmod 700 on it, or set spool_dir to another directory' % (self.path, stat.S_IMODE(info.st_mode)))
         return True
 
     def _ensure_directory(self):
@@ -156,7 +130,7 @@ class Spool:
         self._check_directory()
 
     def _on_directory(self, action):
-        fd = os.open(self.path, _DIRECTORY_FLAGS)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | _FLAGS)
         try:
             action(fd)
         finally:
@@ -184,10 +158,9 @@ class Spool:
                                   int(match.group('count')), claimed, claimed is None or now - claimed > self.lease))
         return sorted(entries, key=lambda entry: (entry.stamp, entry.file))
 
-    def pending(self, endpoint=None):
-        """How many events wait for ``endpoint`` (or for any endpoint): a listing, no file is read."""
-        return sum(entry.count for entry in self._entries()
-                   if entry.free and (endpoint is None or entry.fp == endpoint.fingerprint[:16]))
+    def pending(self, endpoint):
+        """How many events wait for ``endpoint``: a listing, no file is read."""
+        return sum(entry.count for entry in self._entries() if entry.free and entry.fp == endpoint.fingerprint[:16])
 
     def total(self):
         """Events in the spool, claimed ones included."""
@@ -251,8 +224,7 @@ class Spool:
 
     def _trim(self, entries, keep):
         """Drop the oldest events down to max_events (``keep``, the file just written, last); return how many."""
-        excess = sum(entry.count for entry in entries) - self.max_events
-        dropped = 0
+        excess = start = sum(entry.count for entry in entries) - self.max_events
         for entry in entries:
             if excess <= 0:
                 break
@@ -260,18 +232,15 @@ class Spool:
             if claim_path is None:
                 continue
             cut = entry.count
-            if entry.count > excess:
-                try:
+            if cut > excess:  # its oldest records only; unreadable (OSError, ValueError from _load()), it goes whole
+                with contextlib.suppress(OSError, ValueError):
                     document = _load(claim_path)
                     document['records'] = document['records'][excess:]
                     self._write_file('%s.%s.%d.json' % (entry.stamp, entry.fp, len(document['records'])), document)
                     cut = excess
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass  # an unreadable file: dropped whole rather than keep the spool over its bound
             _unlink(claim_path)
-            dropped += cut
             excess -= cut
-        return dropped
+        return start - excess
 
     def _take(self, path, name):
         """Claim the file at ``path`` (again) by renaming it: the claimed path, or None if another run was faster."""
@@ -285,8 +254,9 @@ class Spool:
     def claim(self, endpoint):
         """Claim every batch waiting for ``endpoint``, oldest first: ``(batches, problems)``.
 
-        ``batches`` are SpoolBatch objects, whose records are dicts like those given to write(); ``problems``
-        are messages about files that could not be read (renamed to ``*.corrupt``, not to be tried again).
+        A batch has its file's ``name``, ``stamp`` and ``claim_path``, and ``records`` like those given to write(), this
+        run's to deliver or give back; ``problems`` are messages about files that could not be read (renamed to
+        ``*.corrupt``, not to be tried again).
         """
         batches, problems = [], []
         for entry in self._entries():
@@ -307,7 +277,7 @@ class Spool:
                     continue
                 records = [record for record in document['records']
                            if isinstance(record, dict) and isinstance(record.get('event'), dict)]
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
+            except (OSError, ValueError) as exc:  # a UnicodeDecodeError too
                 corrupt = os.path.join(self.path, entry.name + '.corrupt')
                 try:
                     os.rename(claim_path, corrupt)
@@ -316,7 +286,7 @@ class Spool:
                 problems.append('ignored the unreadable Flashduty spool file %s (%s); it was left as %s'
                                 % (entry.name, endpoint.redact(exc), corrupt))
                 continue
-            batches.append(SpoolBatch(entry.name, entry.stamp, claim_path, records, document.get('endpoint_url') or endpoint.masked))
+            batches.append(types.SimpleNamespace(name=entry.name, stamp=entry.stamp, claim_path=claim_path, records=records))
         return batches, problems
 
     def renew(self, batch):

@@ -1040,7 +1040,8 @@ def test_https_to_a_plain_http_port_is_a_transient_failure(receiver):
 
 def params(**kwargs):
     base = dict(change_key='CHG-1', change_status='Done', title='Deploy', description=None, link=None, labels=None, event_time=None,
-                push_url=None, integration_key=None, api_url=None, timeout=5.0, retries=1, validate_certs=True, ca_path=None)
+                push_url=None, integration_key=None, api_url=None, timeout=5.0, retries=1, total_timeout=30.0, validate_certs=True,
+                ca_path=None)
     base.update(kwargs)
     return base
 

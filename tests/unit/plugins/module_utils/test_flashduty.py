@@ -14,6 +14,7 @@ __metaclass__ = type
 
 import datetime
 import json
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -33,14 +34,23 @@ def fixture_body(name):
     return (FIXTURES / ('%s.json' % name)).read_bytes()
 
 
+def build(**settings):
+    return fd.resolve_endpoint(settings)
+
+
 def build_url(**settings):
-    return fd.build_endpoint(**settings).url
+    return build(**settings).url
 
 
 def error_of(func, *args, **kwargs):
     with pytest.raises(fd.FlashdutyError) as info:
         func(*args, **kwargs)
     return info.value
+
+
+def normalize(labels, field='labels', secrets=(), strict=True):
+    """``(labels, warnings)`` of normalize_labels_masked(), whose third value the masking tests check."""
+    return fd.normalize_labels_masked(labels, field, secrets, strict)[:2]
 
 
 def assert_one_line(message):
@@ -207,7 +217,7 @@ def test_event_time_refusal_is_raised_by_build_event():
 # =========================================================================== labels
 
 def test_label_values_become_strings():
-    labels, warnings = fd.normalize_labels({
+    labels, warnings = normalize({
         'service': 'checkout', 'canary': True, 'paused': False, 'replicas': 3, 'ratio': 1.5, 'big': 10 ** 20,
         'zones': ['a', 'b', 1], 'owner': {'team': 'sre', 'oncall': ['ann', 'bob']}, 'empty_list': [], 'name_utf8': 'café',
         'nested_utf8': ['café'], 'gone': None, 'empty': '',
@@ -222,23 +232,23 @@ def test_label_values_become_strings():
 
 
 def test_labels_none_or_empty():
-    assert fd.normalize_labels(None) == ({}, [])
-    assert fd.normalize_labels({}) == ({}, [])
-    assert fd.normalize_labels({'a': None}) == ({}, [])
+    assert normalize(None) == ({}, [])
+    assert normalize({}) == ({}, [])
+    assert normalize({'a': None}) == ({}, [])
     assert 'labels' not in fd.build_event('Done', 'k', 't', labels={'a': None})[0]
 
 
 @pytest.mark.parametrize('labels, kind', [(['a', 'b'], 'a list'), ('service=checkout', 'a string'), (3, 'a number'), (True, 'a boolean')])
 def test_labels_must_be_a_mapping(labels, kind):
-    exc = error_of(fd.normalize_labels, labels)
+    exc = error_of(normalize, labels)
     assert exc.field == 'labels'
     assert exc.message == 'labels: must be a dict (a mapping of label names to values), got %s' % kind
 
 
 def test_50_labels_are_accepted_51_are_refused():
     fifty = dict(('label_%d' % i, i) for i in range(50))
-    assert len(fd.normalize_labels(fifty)[0]) == 50
-    exc = error_of(fd.normalize_labels, dict(fifty, one_more='x'))
+    assert len(normalize(fifty)[0]) == 50
+    exc = error_of(normalize, dict(fifty, one_more='x'))
     assert exc.field == 'labels'
     assert exc.message == 'labels: 51 labels given; Flashduty accepts at most 50'
 
@@ -246,16 +256,16 @@ def test_50_labels_are_accepted_51_are_refused():
 def test_dropped_labels_do_not_count_towards_50():
     labels = dict(('label_%d' % i, i) for i in range(50))
     labels['dropped'] = None
-    assert len(fd.normalize_labels(labels)[0]) == 50
+    assert len(normalize(labels)[0]) == 50
 
 
 def test_label_key_of_128_characters_is_accepted_129_is_refused():
-    assert list(fd.normalize_labels({'k' * 128: 'v'})[0]) == ['k' * 128]
-    exc = error_of(fd.normalize_labels, {'k' * 129: 'v'})
+    assert list(normalize({'k' * 128: 'v'})[0]) == ['k' * 128]
+    exc = error_of(normalize, {'k' * 129: 'v'})
     assert exc.field == 'labels'
     assert 'is 129 characters long; at most 128 are allowed' in exc.message
     assert 'k' * 129 not in exc.message  # the key is shortened in the message
-    exc = error_of(fd.normalize_labels, {'k' * 200: 'v'})
+    exc = error_of(normalize, {'k' * 200: 'v'})
     assert 'is 200 characters long' in exc.message
 
 
@@ -264,15 +274,15 @@ def test_label_key_of_128_characters_is_accepted_129_is_refused():
     ('1abc', '_1abc'), ('ключ', '____'), ('a:b', 'a_b'), (' team ', 'team'), (7, '_7'),
 ])
 def test_label_keys_are_rewritten_to_prometheus_style_with_one_warning(key, rewritten):
-    labels, warnings = fd.normalize_labels({key: 'v', 'service': 'checkout'})
+    labels, warnings = normalize({key: 'v', 'service': 'checkout'})
     assert labels == {rewritten: 'v', 'service': 'checkout'}
     assert warnings == ["labels: label names rewritten to Prometheus style (letters, digits and underscores, not starting "
                         "with a digit): %r -> %r" % ('%s' % key, rewritten)]
-    assert fd.LABEL_KEY_PATTERN.match(rewritten)
+    assert re.match(r'^[A-Za-z_][A-Za-z0-9_]*$', rewritten)
 
 
 def test_several_rewritten_label_keys_are_named_in_one_warning():
-    labels, warnings = fd.normalize_labels({'k8s-cluster': 'a', 'app.kubernetes.io/name': 'b'}, field='flashduty_labels')
+    labels, warnings = normalize({'k8s-cluster': 'a', 'app.kubernetes.io/name': 'b'}, field='flashduty_labels')
     assert labels == {'k8s_cluster': 'a', 'app_kubernetes_io_name': 'b'}
     assert len(warnings) == 1 and warnings[0].startswith('flashduty_labels: label names rewritten')
     assert "'k8s-cluster' -> 'k8s_cluster', 'app.kubernetes.io/name' -> 'app_kubernetes_io_name'" in warnings[0]
@@ -286,24 +296,24 @@ def test_several_rewritten_label_keys_are_named_in_one_warning():
     ({'9' + 'k' * 127: 'v'}, 'is 129 characters long; at most 128 are allowed'),
 ])
 def test_label_keys_that_cannot_be_rewritten_are_refused(labels, fragment):
-    exc = error_of(fd.normalize_labels, labels)
+    exc = error_of(normalize, labels)
     assert exc.field == 'labels' and exc.message.startswith('labels: ') and fragment in exc.message, exc.message
     assert_one_line(exc.message)
 
 
 def test_a_dropped_label_does_not_collide():
-    assert fd.normalize_labels({'a-b': 'x', 'a_b': None}) == ({'a_b': 'x'}, [
+    assert normalize({'a-b': 'x', 'a_b': None}) == ({'a_b': 'x'}, [
         "labels: label names rewritten to Prometheus style (letters, digits and underscores, not starting with a digit): "
         "'a-b' -> 'a_b'"])
 
 
 def test_lenient_labels_leave_out_what_cannot_be_rewritten():
-    labels, warnings = fd.normalize_labels({'a-b': 'x', 'a_b': 'y', '': 'z', 'ok': 'v'}, field='label_vars', strict=False)
+    labels, warnings = normalize({'a-b': 'x', 'a_b': 'y', '': 'z', 'ok': 'v'}, field='label_vars', strict=False)
     assert labels == {'a_b': 'x', 'ok': 'v'}
     assert "label_vars: label names 'a-b' and 'a_b' are both 'a_b' in Prometheus style; rename one; the label is left out" in warnings
     assert 'label_vars: a label name is empty; the label is left out' in warnings
     many = dict(('label_%d' % i, i) for i in range(60))
-    assert len(fd.normalize_labels(many, strict=False)[0]) == 60  # the cap is the caller's
+    assert len(normalize(many, strict=False)[0]) == 60  # the cap is the caller's
 
 
 # =========================================================================== the key in event content
@@ -326,9 +336,9 @@ def test_the_key_is_masked_in_every_field_with_one_warning():
 def test_the_key_is_masked_before_a_long_value_is_cut():
     # Cut first, the key would straddle the cut and its first half would be sent.
     value = 'x' * 2030 + KEY
-    labels, warnings = fd.normalize_labels({'long': value}, secrets=SECRETS)
+    labels, warnings, masked = fd.normalize_labels_masked({'long': value}, 'labels', SECRETS, strict=True)
     assert KEY[:10] not in labels['long'] and labels['long'].endswith('x****')
-    assert len(warnings) == 1 and 'labels.long held the Flashduty integration key' in warnings[0]
+    assert warnings == [] and masked == ['labels.long']
     event, warnings = fd.build_event('Done', 'k', 'x' * 500 + KEY, description='y' * 2040 + KEY, secrets=SECRETS)
     assert KEY[:8] not in json.dumps(event)
     assert 'title, description held' in warnings[-1]
@@ -387,24 +397,24 @@ def test_the_defaults_are_in_range():
 
 @pytest.mark.parametrize('key', ['service', '_private', 'Team', 'a1', 'A_B_9'])
 def test_label_key_characters_accepted(key):
-    assert fd.normalize_labels({key: 'v'})[0] == {key: 'v'}
+    assert normalize({key: 'v'})[0] == {key: 'v'}
 
 
 def test_label_value_of_2048_characters_is_kept():
-    labels, warnings = fd.normalize_labels({'hosts': 'h' * 2048})
+    labels, warnings = normalize({'hosts': 'h' * 2048})
     assert labels == {'hosts': 'h' * 2048}
     assert warnings == []
 
 
 def test_longer_label_value_is_truncated_with_a_warning():
-    labels, warnings = fd.normalize_labels({'hosts': ['web%d' % i for i in range(1000)]})
+    labels, warnings = normalize({'hosts': ['web%d' % i for i in range(1000)]})
     assert len(labels['hosts']) == 2048 and labels['hosts'].endswith('...')
     assert len(warnings) == 1
     assert warnings[0].startswith("labels: the value of label 'hosts' was ") and warnings[0].endswith('truncated to 2048')
 
 
 def test_label_field_name_is_configurable():
-    exc = error_of(fd.normalize_labels, ['x'], field='flashduty_labels')
+    exc = error_of(normalize, ['x'], field='flashduty_labels')
     assert exc.field == 'flashduty_labels' and exc.message.startswith('flashduty_labels: ')
 
 
@@ -433,7 +443,7 @@ def test_push_url_wins_over_integration_key():
     ('https://api.flashcat.cloud%s?integration_key=%%20' % PUSH, 'must carry the integration key'),
 ])
 def test_bad_push_urls(url, fragment):
-    exc = error_of(fd.build_endpoint, push_url=url)
+    exc = error_of(build, push_url=url)
     assert exc.field == 'push_url'
     assert exc.message.startswith('push_url: ') and fragment in exc.message, exc.message
     assert KEY not in exc.message
@@ -446,7 +456,7 @@ def test_bad_push_urls(url, fragment):
     'https://api.flashcat.cloud%s?%s' % (PUSH, KEY),
 ])
 def test_push_url_without_integration_key_does_not_echo_what_is_probably_the_key(url):
-    exc = error_of(fd.build_endpoint, push_url=url)
+    exc = error_of(build, push_url=url)
     assert exc.field == 'push_url'
     assert KEY not in exc.message, exc.message
 
@@ -478,7 +488,7 @@ def test_integration_key_is_url_quoted():
 
 
 def test_integration_key_with_white_space_is_refused():
-    exc = error_of(fd.build_endpoint, integration_key='abc def')
+    exc = error_of(build, integration_key='abc def')
     assert exc.field == 'integration_key'
     assert 'abc' not in exc.message
 
@@ -492,14 +502,14 @@ def test_integration_key_with_white_space_is_refused():
     ('https://x.example.com/a b', 'must not contain spaces'),
 ])
 def test_bad_api_urls(api_url, fragment):
-    exc = error_of(fd.build_endpoint, integration_key=KEY, api_url=api_url)
+    exc = error_of(build, integration_key=KEY, api_url=api_url)
     assert exc.field == 'api_url'
     assert exc.message.startswith('api_url: ') and fragment in exc.message, exc.message
     assert KEY not in exc.message
 
 
 def test_no_endpoint_at_all():
-    exc = error_of(fd.build_endpoint)
+    exc = error_of(build)
     assert exc.field == 'push_url'
     for name in ('push_url', 'integration_key', 'flashduty_push_url', 'FLASHDUTY_PUSH_URL'):
         assert name in exc.message

@@ -45,7 +45,7 @@ def test_write_claim_finish_round_trip(tmp_path):
     assert spool.pending(URL) == 0  # a missing directory is an empty spool
     assert spool.write(URL, [record(0), record(1)]) == 0
     assert spool.write(URL, [record(2)]) == 0
-    assert spool.pending(URL) == 3 and spool.pending(OTHER_URL) == 0 and spool.pending() == 3
+    assert spool.pending(URL) == 3 and spool.pending(OTHER_URL) == 0 and spool.total() == 3
 
     batches, problems = spool.claim(URL)
     assert problems == []
@@ -54,7 +54,8 @@ def test_write_claim_finish_round_trip(tmp_path):
     first = batches[0].records[0]
     assert first["event"]["event_time"] == 1700000000  # the original time, not the spooling time
     assert first["attempts"] == 4 and first["first_failure"] == 1700000100.5 and "connection refused" in first["last_error"]
-    assert batches[0].endpoint_url.endswith("?integration_key=****")
+    with open(batches[0].claim_path, encoding="utf-8") as handle:
+        assert json.load(handle)["endpoint_url"].endswith("?integration_key=****")
     # Claimed: another run sees nothing, and claiming again yields nothing.
     assert spool.pending(URL) == 0 and Spool(spool.path).claim(URL) == ([], [])
     assert spool.total() == 3  # claimed files still count against the bound
@@ -137,7 +138,7 @@ def test_a_symlinked_spool_directory_is_refused_and_its_target_untouched(tmp_pat
     # A Spool made before the link was planted does not follow it either, whatever it is asked to do.
     spool = Spool(tmp_path / "later")
     (tmp_path / "later").symlink_to(target)
-    for action in (lambda: spool.write(URL, [record(0)]), lambda: spool.claim(URL), spool.pending, spool.total):
+    for action in (lambda: spool.write(URL, [record(0)]), lambda: spool.claim(URL), lambda: spool.pending(URL), spool.total):
         with pytest.raises(SpoolError, match="symbolic link"):
             action()
     assert (os.stat(target).st_mode, os.stat(target).st_uid, sorted(os.listdir(target))) == before
