@@ -289,7 +289,8 @@ def parse_event_time(value):
     text = None if isinstance(value, (int, float)) else _text(value).strip()
     iso = text is not None and not re.match(r'^-?\d+(\.\d+)?$', text)
     if not iso:
-        seconds = int(value) if text is None else int(float(text))
+        whole = None if text is None else text.partition('.')[0]  # digits only: no float to overflow, no rounding
+        seconds = int(value) if whole is None else int(whole) if len(whole) < 20 else (-1 if whole[0] == '-' else 10 ** 14)
     else:
         try:
             moment = datetime.datetime.fromisoformat(re.sub(r'([+-]\d\d)(\d\d)$', r'\1:\2', re.sub(r'[Zz]$', '+00:00', text)))

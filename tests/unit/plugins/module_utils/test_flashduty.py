@@ -175,6 +175,9 @@ def test_event_time_absent(value):
     (1700000000000, 'looks like milliseconds (Unix seconds stay below 10^11 until the year 5138); give Unix time in seconds'),
     (10 ** 14, 'is too large for Unix time in seconds'),
     ('99999999999999999999', 'is too large for Unix time in seconds'),
+    ('9' * 400, 'is too large for Unix time in seconds'),   # float() of it is inf: no OverflowError
+    ('9' * 5000 + '.5', 'is too large for Unix time in seconds'),  # beyond int()'s digit limit
+    ('-' + '9' * 400, 'must not be before 1970'),
     ('1700000000000', 'looks like milliseconds'),
     (1.7e12, 'looks like milliseconds'),
     (10 ** 11, 'looks like milliseconds'),
