@@ -44,4 +44,3 @@ class RateLimiter:
                 return None
             self._tat = slot + self.interval
         return max(0.0, start - now)
-
