@@ -269,6 +269,6 @@ def context_line(playbook=None, pattern=None, limit=None, tags=None, check_mode=
 
 def start_description(play, hosts, context, what='play'):
     """The description of a play's first event; ``context`` holds context_line()'s keyword arguments."""
-    text = 'Ansible %s "%s" started on %s: %s.\n%s' % (what, play, plural(len(hosts), 'host'),
-                                                      summarize_names(hosts, LIST_IN_DESCRIPTION, ', '), context_line(**context))
+    hosts_text = summarize_names(hosts, LIST_IN_DESCRIPTION, ', ')
+    text = 'Ansible %s "%s" started on %s: %s.\n%s' % (what, play, plural(len(hosts), 'host'), hosts_text, context_line(**context))
     return truncate(text, MAX_DESCRIPTION_LENGTH)
