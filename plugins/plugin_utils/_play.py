@@ -210,7 +210,12 @@ def label_pairs(values):
     """``(name, value)`` label pairs from a dict, in AUTOMATIC_LABELS order, without the empty ones."""
     pairs = [(name, truncate(label_value(value), MAX_LABEL_VALUE_LENGTH)) for name, value in values.items()
              if label_value(value) not in (None, '')]
-    return sorted(pairs, key=lambda pair: _LABEL_RANK.get(pair[0], len(_LABEL_RANK)))
+    return sorted(pairs, key=label_rank)
+
+
+def label_rank(pair):
+    """Where a ``(name, value)`` label goes: in AUTOMATIC_LABELS order, others after."""
+    return _LABEL_RANK.get(pair[0], len(_LABEL_RANK))
 
 
 def clean_user_labels(labels, source, secrets=()):

@@ -233,7 +233,7 @@ class ChangeMaker:
                 status = self._status_map['succeeded' if summary['outcome'] == _outcome.OUTCOME_SUCCEEDED else 'failed']
             description = _outcome.end_description(subject, change.hosts, summary, context_line, interrupted=interrupted,
                                                    check_mode=state.check_mode, task_names=self._task_names, what=what)
-            labels = _play.label_pairs(dict(change.labels + _outcome.outcome_labels(summary)))
+            labels = sorted(change.labels + _outcome.outcome_labels(summary), key=_play.label_rank)
             # Per-host mode: a host's change ends with its own last task result (its batch, its pace under free).
             end = now if change.host is None or interrupted else state.log.last_result.get(change.host, now)
             event = self._event(change, status, description, self._labels(labels, change.user_labels, final=True),
