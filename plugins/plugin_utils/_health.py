@@ -30,7 +30,10 @@ class EndpointHealth:
     """One Endpoint (``endpoint``) and its health."""
 
     def __init__(self, endpoint, retry_pause=DEFAULT_RETRY_PAUSE, clock=time.monotonic):
-        self.endpoint, self.fp, self.masked, self.redact = endpoint, endpoint.fingerprint, endpoint.masked, endpoint.redact
+        self.endpoint = endpoint
+        self.fp = endpoint.fingerprint
+        self.masked = endpoint.masked
+        self.redact = endpoint.redact
         self._clock = clock
         self.first_pause = self.pause = retry_pause
         self.down_until = None     # clock time of the next probe while the endpoint is down
@@ -77,7 +80,10 @@ class EndpointHealth:
 def sort_held(held, moment):
     """``(movable, staying, next due time)``: held items (``endpoint``, ``change``, ``stuck``) that may be sent at
     ``moment``, and those that stay, each keeping every later item of its change behind it."""
-    movable, staying, staying_keys, due = [], [], set(), None
+    movable = []
+    staying = []
+    staying_keys = set()
+    due = None
     for item in held:
         endpoint = item.endpoint
         blocked = item.stuck or item.change in staying_keys

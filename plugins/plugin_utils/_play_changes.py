@@ -48,9 +48,15 @@ class PlayState:
                  'context', 'targets', 'secrets', 'replay_only')
 
     def __init__(self, play, index):
-        self.uuid, self.index, self.check_mode, self.batches = play._uuid, index, bool(play.check_mode), [play]
+        self.uuid = play._uuid
+        self.index = index
+        self.check_mode = bool(play.check_mode)
+        self.batches = [play]
         self.name = self.context = None
-        self.changes, self.outcomes, self.targets, self.secrets = [], [], [], ()
+        self.changes = []
+        self.outcomes = []
+        self.targets = []
+        self.secrets = ()
         self.failed, self.unreachable = set(), set()
         self.log = _outcome.PlayLog()
         self.replay_only = False
@@ -91,8 +97,16 @@ class Change:
                  'started')
 
     def __init__(self, endpoint, key, title, link, hosts, labels, user_labels, start_time, host=None, masked=()):
-        self.endpoint, self.key, self.title, self.link, self.hosts, self.host = endpoint, key, title, link, hosts, host
-        self.labels, self.user_labels, self.masked, self.start_time = labels, user_labels, masked, start_time
+        self.endpoint = endpoint
+        self.key = key
+        self.title = title
+        self.link = link
+        self.hosts = hosts
+        self.host = host
+        self.labels = labels
+        self.user_labels = user_labels
+        self.masked = masked
+        self.start_time = start_time
         self.held = None
         self.started = False      # its start event was sent (or held): a task of its hosts started
 
@@ -105,8 +119,15 @@ class ChangeMaker:
     the callback sends nothing more under them; ``decrypted`` caches vaulted values (see PlayReader.variables)."""
 
     def __init__(self, warn, note, option_endpoint, label_vars, per_host, run_id, status_map, changed_only=False, task_names=True):
-        self._warn, self._note, self._option_endpoint, self._label_vars = warn, note, option_endpoint, label_vars
-        self._per_host, self._run_id, self._status_map, self._changed_only, self._task_names = per_host, run_id, status_map, changed_only, task_names
+        self._warn = warn
+        self._note = note
+        self._option_endpoint = option_endpoint
+        self._label_vars = label_vars
+        self._per_host = per_host
+        self._run_id = run_id
+        self._status_map = status_map
+        self._changed_only = changed_only
+        self._task_names = task_names
         self.module = None
         self.explicit, self.decrypted = {}, {}
 

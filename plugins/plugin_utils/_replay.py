@@ -30,7 +30,12 @@ class ReplayDispatcher:
     """
 
     def __init__(self, spool, changed, route, forget, note, alive):
-        self.spool, self._changed, self._route, self._forget, self._note, self._alive = spool, changed, route, forget, note, alive
+        self.spool = spool
+        self._changed = changed
+        self._route = route
+        self._forget = forget
+        self._note = note
+        self._alive = alive
         self.thread = None
         self._inbox = collections.deque()   # EndpointHealth to load (the first one while it loads), and items submitted behind them
         self._releasing = 0                 # finished batches being deleted

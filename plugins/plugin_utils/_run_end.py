@@ -44,7 +44,10 @@ class RunEnd:
         self.ending = False            # the end of the run (its flush) has begun: a signal now shortens it
         self.stop_after_flush = False  # Ctrl-C in the flush after a playbook that is not the last
         self.interrupted_by = self._deferred = None
-        self._busy, self._pid, self._installed, self._previous = 0, os.getpid(), False, {}
+        self._busy = 0
+        self._pid = os.getpid()
+        self._installed = False
+        self._previous = {}
 
     def __enter__(self):
         self._busy += 1
