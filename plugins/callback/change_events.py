@@ -319,6 +319,7 @@ class CallbackModule(CallbackBase):
         self._maker = ChangeMaker(self._warn_once, lambda message: self._display.vvv(WARNING_PREFIX + message), option_endpoint,
                                   self._label_vars, per_host, self._run_id, status_map, changed_only=bool(self.get_option('changed_only')),
                                   task_names=bool(self.get_option('task_names')))
+        self._ci = _play.detect_ci(os.environ)  # the environment, once per run; AWX's extra vars are read per play
 
     def _number_option(self, name):
         """A numeric option, or its default with one warning when it is out of the range OPTION_RANGES gives it."""
@@ -400,7 +401,7 @@ class CallbackModule(CallbackBase):
             return
         self._end.install()
         cli = context.CLIARGS
-        ci = _play.detect_ci(os.environ) or _play.detect_ci(os.environ, reader.variable_manager.extra_vars) or {}
+        ci = self._ci or _play.detect_ci(os.environ, reader.variable_manager.extra_vars) or {}
         state.context = dict(play=state.name, playbook=self._playbook, pattern=pattern, limit=cli.get('subset') or None,
                              tags=list(cli.get('tags') or ()), skip_tags=cli.get('skip_tags'), check_mode=state.check_mode,
                              ansible_version=ansible_version, run_id=self._run_id, module=module, ci_labels=ci.get('labels'),

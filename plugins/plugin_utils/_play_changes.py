@@ -211,16 +211,18 @@ class ChangeMaker:
         """``(endpoint, event)`` pairs starting the changes of the hosts in ``batch``, whose first task starts: in
         per-play mode a change starts when the play did, in per-host mode when its host's batch starts its first task.
         In changed-only mode the start event is held back, to be sent with the end event."""
+        subject, what = self._subject(state)
         events = []
         for change in state.changes:
-            if change.key in self.explicit or change.started or (change.host is not None and change.host not in batch):
+            if change.started or (change.host is not None and change.host not in batch):
+                continue
+            if change.key in self.explicit:
                 continue  # an earlier play's task reported this change: what the playbook said stands
             change.started = True
             if change.host is not None:
                 change.start_time = now
             if state.check_mode or state.replay_only:
                 continue  # check mode: one Planned event when the play ends; replay only: no event at all
-            subject, what = self._subject(state)
             event = self._event(change, self._status_map['started'], _play.start_description(subject, change.hosts, state.context, what=what),
                                 self._labels(change.labels, change.user_labels, final=False), change.start_time)
             if self._changed_only:
