@@ -144,7 +144,9 @@ class FlashdutyClient:
         wait = None if wait is None else min(wait, RETRY_AFTER_MAX)
         reason = 'HTTP %d' % answer.status + (' %s' % code if code else '') + (': %s' % shown(message, secrets) if message else '')
         retryable = answer.status in (429, 500, 502, 503, 504) or code in ('RequestTooFrequently', 'InternalError')
-        return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable), wait
+        refused = not retryable and code not in (None, 'Redirect', 'InvalidResponse')  # Flashduty's own JSON named the error
+        return FlashdutyError(reason, status_code=answer.status, code=code, request_id=request_id, retryable=retryable,
+                              refused=refused), wait
 
 
 def explain(error, attempts=1):

@@ -72,14 +72,18 @@ class FlashdutyError(Exception):
 
     ``field`` names the parameter of a validation error. A delivery failure's facts travel as fields, never to be
     parsed back out of the message: ``reason`` (without the endpoint), ``status_code``, ``code`` (Flashduty's),
-    ``request_id``, ``retryable`` (timeouts, resets, 429, 5xx) and ``unreachable`` (refused, unresolvable).
+    ``request_id``, ``retryable`` (timeouts, resets, 429, 5xx), ``unreachable`` (connection refused, unresolvable)
+    and ``refused``: Flashduty's own JSON answer named an error for this event that no retry mends. Only a refused
+    event is dropped; any other failure (TLS, a proxy, a page that is not Flashduty's) keeps it for a later run.
     """
 
-    def __init__(self, message, field=None, status_code=None, code=None, request_id=None, retryable=False, unreachable=False):
+    def __init__(self, message, field=None, status_code=None, code=None, request_id=None, retryable=False, unreachable=False,
+                 refused=False):
         super(FlashdutyError, self).__init__(message)
         self.message = self.reason = message
         self.field, self.status_code, self.code, self.request_id = field, status_code, code, request_id
         self.retryable, self.unreachable = retryable, unreachable
+        self.refused = refused
 
 
 def _text(value):
